@@ -1,0 +1,461 @@
+//! Configuration: embedded defaults → optional file → `RELIEFLINE_*` environment variables.
+//!
+//! Loading validates every value; a problem is reported as one line naming the key, so an
+//! operator can fix it without reading a stack trace. Secrets are wrapped so that neither
+//! `Debug` nor logs reveal them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::crypto::Keys;
+
+/// The commented defaults shipped inside the binary.
+pub const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "RELIEFLINE_";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub metrics: MetricsConfig,
+    pub database: DatabaseConfig,
+    pub security: SecurityConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub public_base_url: String,
+    pub request_timeout_ms: u64,
+    pub header_read_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace_ms: u64,
+}
+
+impl HttpConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Own listener for `/metrics`; `None` serves it on the public listener.
+    #[serde(deserialize_with = "optional_socket_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// May carry a password, so it is kept secret and shown masked.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub busy_timeout_ms: u64,
+    pub migrate_on_start: bool,
+}
+
+impl DatabaseConfig {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+    pub fn busy_timeout(&self) -> Duration {
+        Duration::from_millis(self.busy_timeout_ms)
+    }
+
+    /// Which backend the URL selects. Validated at load time, so this cannot fail afterwards.
+    pub fn target(&self) -> DatabaseTarget {
+        DatabaseTarget::parse(self.url.expose_secret()).unwrap_or(DatabaseTarget::Sqlite {
+            path: PathBuf::from("data/reliefline.db"),
+        })
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &mask_url_password(self.url.expose_secret()))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("busy_timeout_ms", &self.busy_timeout_ms)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
+    }
+}
+
+/// The store a `database.url` points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Sqlite { path: PathBuf },
+    Postgres,
+}
+
+impl DatabaseTarget {
+    fn parse(url: &str) -> Result<Self, String> {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let path = rest.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(
+                    "sqlite URL needs a file path, e.g. sqlite://data/reliefline.db".into(),
+                );
+            }
+            if path == ":memory:" {
+                return Err("an in-memory SQLite database would lose acknowledged reports".into());
+            }
+            Ok(Self::Sqlite {
+                path: PathBuf::from(path),
+            })
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err("expected sqlite://PATH or postgres://…".into())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Empty means "use `key_file`".
+    pub master_key: SecretString,
+    pub key_file: PathBuf,
+}
+
+impl SecurityConfig {
+    /// The contact-protection keys: from `master_key` when set, else from the key file.
+    pub fn keys(&self) -> anyhow::Result<Keys> {
+        let configured = self.master_key.expose_secret().trim();
+        if configured.is_empty() {
+            Keys::load_or_create_file(&self.key_file)
+        } else {
+            Keys::from_hex(configured).map_err(|why| anyhow::anyhow!("security.master_key: {why}"))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A configuration problem, rendered as one line that names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Load defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// The defaults alone; tests start from here and change fields directly.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_figment(&Figment::from(Toml::string(DEFAULTS)))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "--config {}: no such file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(&figment.merge(env))
+    }
+
+    fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| describe_figment_error(&e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.http.request_timeout_ms == 0 {
+            return bad("http.request_timeout_ms", "must be greater than 0");
+        }
+        if self.http.header_read_timeout_ms == 0 {
+            return bad("http.header_read_timeout_ms", "must be greater than 0");
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes", "must be at least 1024");
+        }
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections", "must be greater than 0");
+        }
+        if !(self.http.public_base_url.starts_with("http://")
+            || self.http.public_base_url.starts_with("https://"))
+        {
+            return bad(
+                "http.public_base_url",
+                "must start with http:// or https://",
+            );
+        }
+        if self.metrics.listen == Some(self.http.listen) && self.http.listen.port() != 0 {
+            return bad(
+                "metrics.listen",
+                "must differ from http.listen (leave it empty to serve /metrics there)",
+            );
+        }
+        if let Err(why) = DatabaseTarget::parse(self.database.url.expose_secret()) {
+            return bad("database.url", &why);
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be greater than 0");
+        }
+        let master_key = self.security.master_key.expose_secret().trim();
+        if let (false, Err(why)) = (master_key.is_empty(), Keys::from_hex(master_key)) {
+            return bad("security.master_key", &why);
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return bad("log.level", &format!("not a valid filter ({e})"));
+        }
+        Ok(())
+    }
+}
+
+/// Turn figment's error into one line: which key, what is wrong, and where the value came from.
+fn describe_figment_error(error: &figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let key = error.path.join(".");
+    let what = match &error.kind {
+        Kind::UnknownField(field, _) => {
+            let full = if key.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            };
+            return ConfigError(format!(
+                "{full}: unknown key{}",
+                source_suffix(error, &full)
+            ));
+        }
+        Kind::MissingField(field) => {
+            let full = if key.is_empty() {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+            return ConfigError(format!("{full}: missing"));
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("expected {expected}, found {actual}")
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!("`{found}` is not one of: {}", expected.join(", "))
+        }
+        other => other.to_string(),
+    };
+    let key = if key.is_empty() { "(top level)" } else { &key };
+    ConfigError(format!("{key}: {what}{}", source_suffix(error, key)))
+}
+
+fn source_suffix(error: &figment::Error, key: &str) -> String {
+    let Some(meta) = &error.metadata else {
+        return String::new();
+    };
+    let name = meta.name.as_ref();
+    if name.contains("environment") || name.contains(ENV_PREFIX) {
+        let var = format!("{ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"));
+        format!(" (from environment variable {var})")
+    } else if let Some(figment::Source::File(path)) = &meta.source {
+        format!(" (in {})", path.display())
+    } else {
+        String::new()
+    }
+}
+
+fn optional_socket_addr<'de, D>(deserializer: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a socket address like 127.0.0.1:9184 (or empty)"
+        ))
+    })
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn mask_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let config = Config::defaults().unwrap();
+        assert_eq!(config.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9184".parse().unwrap())
+        );
+        assert!(matches!(
+            config.database.target(),
+            DatabaseTarget::Sqlite { path } if path == Path::new("data/reliefline.db")
+        ));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RELIEFLINE_HTTP__LISTEN", "0.0.0.0:9000");
+            jail.set_env("RELIEFLINE_DATABASE__URL", "postgres://u:pw@localhost/db");
+            jail.set_env("RELIEFLINE_METRICS__LISTEN", "");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.http.listen, "0.0.0.0:9000".parse().unwrap());
+            assert_eq!(config.database.target(), DatabaseTarget::Postgres);
+            assert_eq!(config.metrics.listen, None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_env_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "reliefline.toml",
+                "[http]\nlisten = \"127.0.0.1:7000\"\n[log]\nformat = \"json\"\n",
+            )?;
+            jail.set_env("RELIEFLINE_HTTP__LISTEN", "127.0.0.1:7001");
+            let config =
+                Config::load(Some(Path::new("reliefline.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.http.listen.port(), 7001);
+            assert_eq!(config.log.format, LogFormat::Json);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RELIEFLINE_HTTP__LISTEN", "not-an-address");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("http.listen"), "{err}");
+            assert!(err.contains("RELIEFLINE_HTTP__LISTEN"), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+            Ok(())
+        });
+        for (var, value, key) in [
+            ("RELIEFLINE_DATABASE__URL", "mysql://x", "database.url"),
+            (
+                "RELIEFLINE_HTTP__REQUEST_TIMEOUT_MS",
+                "0",
+                "http.request_timeout_ms",
+            ),
+            ("RELIEFLINE_LOG__FORMAT", "xml", "log.format"),
+            ("RELIEFLINE_METRICS__LISTEN", "9184", "metrics.listen"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let err = Config::load(None).unwrap_err().to_string();
+                assert!(err.contains(key), "{var}={value}: {err}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RELIEFLINE_HTTP__LISTN", "127.0.0.1:1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("http.listn") && err.contains("unknown key"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "RELIEFLINE_DATABASE__URL",
+                "postgres://app:hunter2@db/reliefline",
+            );
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("postgres://app:***@db/reliefline"),
+                "{shown}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn masks_only_the_password() {
+        assert_eq!(mask_url_password("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(
+            mask_url_password("sqlite://data/x.db"),
+            "sqlite://data/x.db"
+        );
+        assert_eq!(
+            mask_url_password("postgres://u:p@ss@h:5432/d"),
+            "postgres://u:***@h:5432/d"
+        );
+    }
+}

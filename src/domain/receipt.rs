@@ -1,0 +1,181 @@
+//! Receipts: what a reporter writes down or reads over the phone to find their report again.
+//!
+//! 80 random bits from the operating system's CSPRNG, shown as Crockford base32 in four groups
+//! of four behind an `HR` prefix: `HR-7K3M-Q9XD-2PZA-8WNE`. Input is forgiving: any case,
+//! with or without dashes, spaces or the prefix, and the look-alikes `O`, `I`, `L` read as
+//! `0`, `1`, `1`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const PREFIX: &str = "HR";
+const SYMBOLS: usize = 16;
+const GROUP: usize = 4;
+
+/// A well-formed receipt in its canonical form. Whether it exists is the store's business.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Receipt(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a receipt: expected 16 letters and digits like HR-7K3M-Q9XD-2PZA-8WNE")]
+pub struct InvalidReceipt;
+
+impl Receipt {
+    /// A fresh receipt from the CSPRNG.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 10];
+        rand::fill(&mut bytes);
+        let value = bytes
+            .iter()
+            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+        let symbols: Vec<u8> = (0..SYMBOLS)
+            .rev()
+            .map(|i| ALPHABET[((value >> (i * 5)) & 0x1f) as usize])
+            .collect();
+        Self::from_symbols(&symbols)
+    }
+
+    /// Parse what a person typed.
+    pub fn parse(input: &str) -> Result<Self, InvalidReceipt> {
+        let mut symbols = Vec::with_capacity(SYMBOLS + PREFIX.len());
+        for c in input.chars() {
+            match c {
+                '-' | ' ' | '\u{2010}'..='\u{2015}' | '\u{3000}' => {}
+                c => symbols.push(decode_symbol(c).ok_or(InvalidReceipt)?),
+            }
+        }
+        if symbols.len() == SYMBOLS + PREFIX.len() {
+            if !symbols.starts_with(PREFIX.as_bytes()) {
+                return Err(InvalidReceipt);
+            }
+            symbols.drain(..PREFIX.len());
+        }
+        if symbols.len() != SYMBOLS {
+            return Err(InvalidReceipt);
+        }
+        Ok(Self::from_symbols(&symbols))
+    }
+
+    fn from_symbols(symbols: &[u8]) -> Self {
+        let mut text = String::with_capacity(PREFIX.len() + SYMBOLS + SYMBOLS / GROUP);
+        text.push_str(PREFIX);
+        for group in symbols.chunks(GROUP) {
+            text.push('-');
+            text.extend(group.iter().map(|b| char::from(*b)));
+        }
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Map one typed character to its canonical Crockford symbol.
+fn decode_symbol(c: char) -> Option<u8> {
+    // Full-width forms typed on Korean keyboards: U+FF10.. digits, U+FF21.. letters.
+    let c = match c {
+        '\u{FF10}'..='\u{FF19}' | '\u{FF21}'..='\u{FF3A}' | '\u{FF41}'..='\u{FF5A}' => {
+            char::from_u32(c as u32 - 0xFEE0)?
+        }
+        c => c,
+    };
+    let c = match c.to_ascii_uppercase() {
+        'O' => '0',
+        'I' | 'L' => '1',
+        c => c,
+    };
+    let byte = u8::try_from(c).ok()?;
+    ALPHABET.contains(&byte).then_some(byte)
+}
+
+impl FromStr for Receipt {
+    type Err = InvalidReceipt;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Receipts grant access to a report (with the contact), so logs see only the first group.
+impl fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Receipt({}-****-****-****)", &self.0[..7])
+    }
+}
+
+impl Serialize for Receipt {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_receipts_have_the_documented_shape() {
+        let r = Receipt::generate();
+        let s = r.as_str();
+        assert_eq!(s.len(), 22);
+        assert!(s.starts_with("HR-"));
+        assert_eq!(s.split('-').count(), 5);
+        assert!(s.split('-').skip(1).all(|g| g.len() == 4));
+        assert_eq!(Receipt::parse(s).unwrap(), r);
+    }
+
+    #[test]
+    fn generated_receipts_differ() {
+        let set: std::collections::HashSet<_> = (0..10_000).map(|_| Receipt::generate()).collect();
+        assert_eq!(set.len(), 10_000);
+    }
+
+    #[test]
+    fn input_is_forgiving() {
+        let canonical = Receipt::parse("HR-7K3M-Q9XD-2PZA-8WNE").unwrap();
+        for typed in [
+            "hr-7k3m-q9xd-2pza-8wne",
+            "HR7K3MQ9XD2PZA8WNE",
+            "7K3M-Q9XD-2PZA-8WNE",
+            "7k3m q9xd 2pza 8wne",
+            "ＨＲ－７Ｋ３Ｍ-Q9XD-2PZA-8WNE".replace('－', "-").as_str(),
+        ] {
+            assert_eq!(Receipt::parse(typed).unwrap(), canonical, "{typed}");
+        }
+        assert_eq!(
+            Receipt::parse("HR-0000-1111-1111-0000").unwrap(),
+            Receipt::parse("hr-oooo-iiii-llll-OOOO").unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_receipt() {
+        for bad in [
+            "",
+            "HR-",
+            "HR-7K3M-Q9XD-2PZA",
+            "HR-7K3M-Q9XD-2PZA-8WNEX",
+            "XX-7K3M-Q9XD-2PZA-8WNE",
+            "HR-7K3M-Q9XD-2PZA-8WNU",
+            "HR-7K3M-Q9XD-2PZA-8WN!",
+        ] {
+            assert_eq!(Receipt::parse(bad), Err(InvalidReceipt), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_secret_part() {
+        let r = Receipt::parse("HR-7K3M-Q9XD-2PZA-8WNE").unwrap();
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("Q9XD"), "{shown}");
+    }
+}

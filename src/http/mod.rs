@@ -1,0 +1,94 @@
+//! The HTTP surface: each area owns a `router()`; this module merges them and adds the layers
+//! every request passes through.
+
+pub mod error;
+pub mod metrics;
+pub mod ops;
+pub mod server;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::app::AppState;
+pub use error::ApiError;
+
+/// How long clients are asked to wait after a request ran out of time.
+const TIMEOUT_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Content-Security-Policy for everything we serve: no inline script, no framing.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The whole public application.
+pub fn router(state: AppState) -> Router {
+    let mut routes = Router::new().merge(ops::router());
+    if state.config.metrics.listen.is_none() {
+        routes = routes.merge(ops::metrics_router());
+    }
+    routes
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn(metrics::track))
+                .layer(middleware::from_fn(error::log_server_errors)),
+        )
+        .fallback(not_found)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(set_if_missing(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                .layer(set_if_missing(header::REFERRER_POLICY, "no-referrer"))
+                .layer(set_if_missing(header::X_FRAME_OPTIONS, "DENY"))
+                .layer(set_if_missing(header::CONTENT_SECURITY_POLICY, CSP))
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    request_timeout,
+                ))
+                .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes)),
+        )
+        .with_state(state)
+}
+
+fn set_if_missing(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+}
+
+/// A request that is still running after `http.request_timeout_ms` gets 503 + `Retry-After`.
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.config.http.request_timeout(), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Overloaded {
+            retry_after: TIMEOUT_RETRY_AFTER,
+        }
+        .into_response(),
+    }
+}
+
+async fn not_found(request: Request) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    metrics::record(metrics::UNMATCHED.to_owned(), method, 404, started);
+    ApiError::NotFound.into_response()
+}
+
+/// A panic is a bug, never the client's fault: answer an opaque 500 and log it.
+#[allow(clippy::needless_pass_by_value)] // the signature CatchPanicLayer requires
+fn panic_response(cause: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = cause
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| cause.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    tracing::error!(panic = detail, "handler panicked");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}

@@ -1,0 +1,15 @@
+//! Reliefline: surge-ready harm-report intake and outage notification.
+//!
+//! See README.md for the map of modules.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{App, AppState};
+pub use config::Config;

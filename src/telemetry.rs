@@ -1,0 +1,133 @@
+//! Logs (tracing) and metrics (Prometheus) set-up.
+//!
+//! Metric names are part of the contract with dashboards and alert rules (DESIGN.md, "Metrics
+//! catalogue"); they are declared once here so a typo cannot create a second series.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogConfig, LogFormat};
+
+pub mod names {
+    pub const HTTP_REQUESTS: &str = "reliefline_http_requests_total";
+    pub const HTTP_DURATION: &str = "reliefline_http_request_duration_seconds";
+    pub const REPORTS_ACCEPTED: &str = "reliefline_reports_accepted_total";
+    pub const REPORTS_REJECTED: &str = "reliefline_reports_rejected_total";
+    pub const INTAKE_QUEUE_DEPTH: &str = "reliefline_intake_queue_depth";
+    pub const INTAKE_BATCH_SIZE: &str = "reliefline_intake_batch_size";
+    pub const INTAKE_COMMIT_DURATION: &str = "reliefline_intake_commit_duration_seconds";
+    pub const RATE_LIMITED: &str = "reliefline_rate_limited_total";
+    pub const RATE_LIMITER_KEYS: &str = "reliefline_rate_limiter_keys";
+    pub const CACHE_REQUESTS: &str = "reliefline_cache_requests_total";
+    pub const INCIDENT_MODE: &str = "reliefline_incident_mode";
+    pub const INCIDENTS_OPEN: &str = "reliefline_incidents_open";
+    pub const NOTIFICATIONS: &str = "reliefline_notifications_total";
+    pub const OUTBOX_PENDING: &str = "reliefline_outbox_pending";
+    pub const OUTBOX_OLDEST_PENDING: &str = "reliefline_outbox_oldest_pending_seconds";
+    pub const NOTIFICATION_SEND_DURATION: &str = "reliefline_notification_send_duration_seconds";
+}
+
+/// Latency buckets in seconds: fine below 100 ms, where a surge-ready intake must stay.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0,
+];
+
+/// Install the JSON or human-readable log subscriber. Calling it twice is harmless.
+pub fn init_tracing(config: &LogConfig) {
+    let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match config.format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().compact())
+            .try_init(),
+    };
+    // Tests initialise several apps in one process; only the first subscriber wins.
+    drop(result);
+}
+
+/// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
+/// app in a process (several in tests) shares it.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(install_recorder).clone()
+}
+
+fn install_recorder() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(names::INTAKE_BATCH_SIZE.into()),
+                BATCH_SIZE_BUCKETS,
+            )
+        });
+    let builder = match builder {
+        Ok(builder) => builder,
+        // Only reachable with an empty bucket list, which the constants above are not.
+        Err(e) => {
+            tracing::error!(error = %e, "histogram buckets rejected; using summaries");
+            PrometheusBuilder::new()
+        }
+    };
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+    }
+    describe_metrics();
+    handle
+}
+
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use names::*;
+    describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by matched route");
+    describe_histogram!(HTTP_DURATION, Unit::Seconds, "HTTP request latency");
+    describe_counter!(REPORTS_ACCEPTED, "Harm reports committed and acknowledged");
+    describe_counter!(REPORTS_REJECTED, "Harm reports refused, by reason");
+    describe_gauge!(
+        INTAKE_QUEUE_DEPTH,
+        "Reports waiting for the group-commit writer"
+    );
+    describe_histogram!(INTAKE_BATCH_SIZE, "Reports per group commit");
+    describe_histogram!(
+        INTAKE_COMMIT_DURATION,
+        Unit::Seconds,
+        "Duration of one group commit"
+    );
+    describe_counter!(RATE_LIMITED, "Requests refused by a rate limiter");
+    describe_gauge!(RATE_LIMITER_KEYS, "Keys held by a keyed rate limiter");
+    describe_counter!(CACHE_REQUESTS, "Cache look-ups, by result");
+    describe_gauge!(INCIDENT_MODE, "1 while in incident mode, 0 otherwise");
+    describe_gauge!(INCIDENTS_OPEN, "Incidents not yet resolved");
+    describe_counter!(
+        NOTIFICATIONS,
+        "Notification attempts, by channel and outcome"
+    );
+    describe_gauge!(OUTBOX_PENDING, "Notifications waiting to be sent");
+    describe_gauge!(
+        OUTBOX_OLDEST_PENDING,
+        Unit::Seconds,
+        "Age of the oldest notification waiting to be sent"
+    );
+    describe_histogram!(
+        NOTIFICATION_SEND_DURATION,
+        Unit::Seconds,
+        "Duration of one gateway send"
+    );
+}

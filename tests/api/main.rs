@@ -1,0 +1,15 @@
+//! Integration tests: one binary, each test spawning the real service (or the real store) on a
+//! fresh database. Tests that exist per backend run on SQLite and on PostgreSQL.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
+mod helpers;
+
+mod cli;
+mod ops;
+mod store_contract;

@@ -1,0 +1,218 @@
+//! The store contract: the same story, told to SQLite and to PostgreSQL, must end the same way.
+
+use chrono::{TimeZone as _, Utc};
+use reliefline::crypto::Keys;
+use reliefline::domain::{Channel, HarmType, Receipt, ReportStatus, ReporterType};
+use reliefline::store::{
+    self, AuditEntry, Conflict, DynStore, IdempotencyRecord, MessageChannel, NewMessage, NewReport,
+    ReportWrite, StoreError,
+};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, TestDb, test_config};
+use crate::on_both_backends;
+
+async fn open(backend: Backend) -> Option<(TestDb, DynStore)> {
+    let db = TestDb::new(backend).await?;
+    let config = test_config(&db);
+    let store = store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    Some((db, store))
+}
+
+fn keys() -> Keys {
+    Keys::from_master(&[3u8; 32])
+}
+
+fn report(n: u32) -> ReportWrite {
+    let k = keys();
+    let id = Uuid::now_v7();
+    let phone = format!("+8210{:08}", n);
+    ReportWrite {
+        report: NewReport {
+            id,
+            receipt: Receipt::generate(),
+            incident_id: None,
+            channel: Channel::Api,
+            provider: "Kakao".into(),
+            service: "KakaoTalk".into(),
+            reporter_type: ReporterType::Merchant,
+            harm_type: HarmType::BusinessLoss,
+            occurred_at: Some(Utc.with_ymd_and_hms(2022, 10, 15, 6, 30, 0).unwrap()),
+            amount_krw: Some(250_000),
+            title: Some("주문 알림 중단".into()),
+            description: "카카오톡 주문 알림이 오지 않아 영업 손실이 발생했습니다.".into(),
+            reporter_name: k.seal("홍길동"),
+            phone: Some(k.seal_contact(&phone)),
+            email: None,
+            notify_sms: true,
+            notify_email: false,
+            idempotency: None,
+            received_at: Utc::now(),
+        },
+        outbox: vec![NewMessage {
+            id: Uuid::now_v7(),
+            channel: MessageChannel::Sms,
+            template: "receipt".into(),
+            lang: "ko".into(),
+            recipient: k.seal(&phone),
+            payload: serde_json::json!({"receipt": "x"}),
+            source_kind: "report".into(),
+            source_id: Some(id),
+            not_before: Utc::now(),
+        }],
+    }
+}
+
+async fn migrations_are_idempotent_and_ping_works(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+    assert_eq!(
+        store.backend(),
+        match backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    );
+}
+
+async fn a_batch_commits_reports_with_history(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let batch: Vec<_> = (0..250).map(report).collect();
+    store.insert_reports(&batch).await.unwrap();
+
+    for w in [&batch[0], &batch[137], &batch[249]] {
+        let found = store.find_report(&w.report.receipt).await.unwrap().unwrap();
+        assert_eq!(found.id, w.report.id);
+        assert_eq!(found.receipt, w.report.receipt);
+        assert_eq!(found.status, ReportStatus::Received);
+        assert_eq!(found.phone_hmac, w.report.phone.as_ref().map(|p| p.hmac));
+        assert_eq!(found.email_hmac, None);
+        assert_eq!(
+            found.received_at.timestamp_millis(),
+            w.report.received_at.timestamp_millis()
+        );
+        assert_eq!(found.history.len(), 1);
+        assert_eq!(found.history[0].status, ReportStatus::Received);
+    }
+    assert!(
+        store
+            .find_report(&Receipt::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_conflicting_row_fails_its_whole_batch(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let first = report(1);
+    store
+        .insert_reports(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+
+    let mut clash = report(2);
+    clash.report.receipt = first.report.receipt.clone();
+    let innocent = report(3);
+    let err = store
+        .insert_reports(&[innocent.clone(), clash])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(Conflict::Receipt)),
+        "{err:?}"
+    );
+    // All or nothing: the innocent row of the failed batch is not there.
+    assert!(
+        store
+            .find_report(&innocent.report.receipt)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn idempotency_keys_are_unique_and_found(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let mut first = report(1);
+    first.report.idempotency = Some(IdempotencyRecord {
+        key: "key-123".into(),
+        request_hash: [9u8; 32],
+    });
+    store
+        .insert_reports(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+
+    let found = store.find_idempotent("key-123").await.unwrap().unwrap();
+    assert_eq!(found.receipt, first.report.receipt);
+    assert_eq!(found.request_hash, [9u8; 32]);
+    assert!(store.find_idempotent("other").await.unwrap().is_none());
+
+    let mut second = report(2);
+    second.report.idempotency = first.report.idempotency.clone();
+    let err = store.insert_reports(&[second]).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(Conflict::IdempotencyKey)),
+        "{err:?}"
+    );
+}
+
+async fn a_report_for_an_unknown_incident_is_refused(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let mut orphan = report(1);
+    orphan.report.incident_id = Some(Uuid::now_v7());
+    let err = store.insert_reports(&[orphan]).await.unwrap_err();
+    assert!(matches!(err, StoreError::MissingReference), "{err:?}");
+}
+
+async fn audit_entries_are_kept_in_order(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    for (i, action) in ["incident.declare", "incident.update", "mode.set"]
+        .iter()
+        .enumerate()
+    {
+        store
+            .append_audit(&AuditEntry {
+                id: Uuid::now_v7(),
+                at: Utc
+                    .timestamp_millis_opt(1_700_000_000_000 + i as i64)
+                    .unwrap(),
+                actor: "token:admin".into(),
+                action: (*action).into(),
+                target: Some("incident/1".into()),
+                detail: Some(serde_json::json!({"step": i})),
+                client_addr: Some("127.0.0.1".into()),
+            })
+            .await
+            .unwrap();
+    }
+    let recent = store.recent_audit(2).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0].action, "mode.set");
+    assert_eq!(recent[1].action, "incident.update");
+    assert_eq!(recent[0].detail, Some(serde_json::json!({"step": 2})));
+}
+
+on_both_backends!(
+    migrations_are_idempotent_and_ping_works,
+    a_batch_commits_reports_with_history,
+    a_conflicting_row_fails_its_whole_batch,
+    idempotency_keys_are_unique_and_found,
+    a_report_for_an_unknown_incident_is_refused,
+    audit_entries_are_kept_in_order,
+);
