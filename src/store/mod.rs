@@ -1,25 +1,31 @@
 //! Persistence: one narrow trait of use-case methods, implemented for SQLite (the embedded
 //! default) and PostgreSQL (shared by several replicas).
 //!
-//! Statements that are identical on both backends live once in [`sql`]; only what really
-//! differs (batch inserts, claims) is written per backend. Times are stored as Unix epoch
+//! The trait is split by capability (`reports`, `audit`, `outbox`, …), each file holding its
+//! records and the statements that read the same on both backends; `sqlite/` and `postgres/`
+//! implement each capability in a file of the same name, writing per backend only what really
+//! differs (batch inserts, claims). Times are stored as Unix epoch
 //! milliseconds, ids as UUIDv7.
 
+mod audit;
+mod outbox;
 mod postgres;
-mod sql;
+mod reports;
 mod sqlite;
 
 use std::sync::Arc;
 
+use crate::config::{DatabaseConfig, DatabaseTarget};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use uuid::Uuid;
 
-use crate::config::{DatabaseConfig, DatabaseTarget};
-use crate::crypto::SealedContact;
-use crate::domain::{Channel, HarmType, Receipt, ReportStatus, ReporterType};
-
+pub use audit::{AuditEntry, AuditStore};
+pub use outbox::{MessageChannel, NewMessage};
 pub use postgres::PgStore;
+pub use reports::{
+    HistoryEntry, IdempotencyRecord, IdempotentReport, NewReport, ReportStore, ReportWrite,
+    StoredReport,
+};
 pub use sqlite::SqliteStore;
 
 pub type Timestamp = DateTime<Utc>;
@@ -96,112 +102,9 @@ fn is_transient(message: &str) -> bool {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A harm report ready to be written: every field already validated and personal data sealed.
-#[derive(Debug, Clone)]
-pub struct NewReport {
-    pub id: Uuid,
-    pub receipt: Receipt,
-    pub incident_id: Option<Uuid>,
-    pub channel: Channel,
-    pub provider: String,
-    pub service: String,
-    pub reporter_type: ReporterType,
-    pub harm_type: HarmType,
-    pub occurred_at: Option<Timestamp>,
-    pub amount_krw: Option<i64>,
-    pub title: Option<String>,
-    pub description: String,
-    pub reporter_name: Vec<u8>,
-    pub phone: Option<SealedContact>,
-    pub email: Option<SealedContact>,
-    pub notify_sms: bool,
-    pub notify_email: bool,
-    pub idempotency: Option<IdempotencyRecord>,
-    pub received_at: Timestamp,
-}
-
-/// The client's `Idempotency-Key` and a hash of the request it came with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyRecord {
-    pub key: String,
-    pub request_hash: [u8; 32],
-}
-
-/// Everything one accepted report causes, committed together: the report, its first history
-/// entry (derived from the report), and the notifications it triggers.
-#[derive(Debug, Clone)]
-pub struct ReportWrite {
-    pub report: NewReport,
-    pub outbox: Vec<NewMessage>,
-}
-
-/// A notification to be delivered later by the outbox dispatcher.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// Stable message id, sent to the gateway so receivers can deduplicate.
-    pub id: Uuid,
-    pub channel: MessageChannel,
-    pub template: String,
-    pub lang: String,
-    pub recipient: Vec<u8>,
-    pub payload: serde_json::Value,
-    pub source_kind: String,
-    pub source_id: Option<Uuid>,
-    pub not_before: Timestamp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::AsRefStr, strum::EnumString)]
-#[strum(serialize_all = "snake_case")]
-pub enum MessageChannel {
-    Email,
-    Sms,
-}
-
-/// What the status lookup needs to know about a report.
-#[derive(Debug, Clone)]
-pub struct StoredReport {
-    pub id: Uuid,
-    pub receipt: Receipt,
-    pub status: ReportStatus,
-    pub incident_id: Option<Uuid>,
-    pub phone_hmac: Option<[u8; 32]>,
-    pub email_hmac: Option<[u8; 32]>,
-    pub received_at: Timestamp,
-    /// Public history entries, oldest first.
-    pub history: Vec<HistoryEntry>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub status: ReportStatus,
-    pub at: Timestamp,
-    pub note: Option<String>,
-}
-
-/// The first answer given to an idempotent submission, kept with the report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotentReport {
-    pub receipt: Receipt,
-    pub request_hash: [u8; 32],
-    pub incident_id: Option<Uuid>,
-    pub received_at: Timestamp,
-}
-
-/// One line of the audit trail.
-#[derive(Debug, Clone)]
-pub struct AuditEntry {
-    pub id: Uuid,
-    pub at: Timestamp,
-    pub actor: String,
-    pub action: String,
-    pub target: Option<String>,
-    pub detail: Option<serde_json::Value>,
-    pub client_addr: Option<String>,
-}
-
-/// The use cases Reliefline asks of its database.
+/// Everything Reliefline asks of its database: one trait per capability, plus the lifecycle.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ReportStore + AuditStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 
@@ -210,21 +113,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap round trip proving the database answers.
     async fn ping(&self) -> StoreResult<()>;
-
-    /// Write every report of the batch, with its first history entry and its notifications, in
-    /// one transaction: all committed or none.
-    async fn insert_reports(&self, batch: &[ReportWrite]) -> StoreResult<()>;
-
-    /// The report with this receipt, with its public history.
-    async fn find_report(&self, receipt: &Receipt) -> StoreResult<Option<StoredReport>>;
-
-    /// The report first submitted with this `Idempotency-Key`.
-    async fn find_idempotent(&self, key: &str) -> StoreResult<Option<IdempotentReport>>;
-
-    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
-
-    /// Most recent audit entries first.
-    async fn recent_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>>;
 
     /// Close connections; pending writes are already committed or abandoned by then.
     async fn close(&self);
@@ -251,93 +139,6 @@ pub(crate) fn from_millis(ms: i64) -> Timestamp {
 
 fn hash_from_bytes(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
     bytes.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-}
-
-/// Rows shared by both backends' decoders.
-#[derive(sqlx::FromRow)]
-struct ReportRow {
-    id: Uuid,
-    receipt: String,
-    status: String,
-    incident_id: Option<Uuid>,
-    phone_hmac: Option<Vec<u8>>,
-    email_hmac: Option<Vec<u8>>,
-    received_at: i64,
-}
-
-#[derive(sqlx::FromRow)]
-struct HistoryRow {
-    status: String,
-    at: i64,
-    note: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct IdempotentRow {
-    receipt: String,
-    request_hash: Option<Vec<u8>>,
-    incident_id: Option<Uuid>,
-    received_at: i64,
-}
-
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    id: Uuid,
-    at: i64,
-    actor: String,
-    action: String,
-    target: Option<String>,
-    detail: Option<String>,
-    client_addr: Option<String>,
-}
-
-impl ReportRow {
-    fn into_stored(self, history: Vec<HistoryRow>) -> StoreResult<StoredReport> {
-        Ok(StoredReport {
-            id: self.id,
-            receipt: parse_stored(&self.receipt, "reports.receipt")?,
-            status: parse_stored(&self.status, "reports.status")?,
-            incident_id: self.incident_id,
-            phone_hmac: hash_from_bytes(self.phone_hmac),
-            email_hmac: hash_from_bytes(self.email_hmac),
-            received_at: from_millis(self.received_at),
-            history: history
-                .into_iter()
-                .map(|h| {
-                    Ok(HistoryEntry {
-                        status: parse_stored(&h.status, "report_events.status")?,
-                        at: from_millis(h.at),
-                        note: h.note,
-                    })
-                })
-                .collect::<StoreResult<_>>()?,
-        })
-    }
-}
-
-impl IdempotentRow {
-    fn into_record(self) -> StoreResult<IdempotentReport> {
-        Ok(IdempotentReport {
-            receipt: parse_stored(&self.receipt, "reports.receipt")?,
-            request_hash: hash_from_bytes(self.request_hash).unwrap_or_default(),
-            incident_id: self.incident_id,
-            received_at: from_millis(self.received_at),
-        })
-    }
-}
-
-impl From<AuditRow> for AuditEntry {
-    fn from(row: AuditRow) -> Self {
-        Self {
-            id: row.id,
-            at: from_millis(row.at),
-            actor: row.actor,
-            action: row.action,
-            target: row.target,
-            detail: row.detail.and_then(|d| serde_json::from_str(&d).ok()),
-            client_addr: row.client_addr,
-        }
-    }
 }
 
 /// A value read back from our own tables that does not parse means the data was changed

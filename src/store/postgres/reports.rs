@@ -1,23 +1,16 @@
-//! PostgreSQL: the production store, shared by several replicas. Batches are written with
-//! `INSERT … SELECT FROM UNNEST(arrays)`: one statement per table per batch, whatever its size.
+//! Reports on PostgreSQL: `INSERT … SELECT FROM UNNEST(arrays)`, one statement per table per
+//! batch whatever its size.
 
-use std::str::FromStr as _;
-
-use anyhow::Context as _;
 use async_trait::async_trait;
-use secrecy::ExposeSecret as _;
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
-use super::{
-    AuditEntry, AuditRow, Conflict, HistoryRow, IdempotentReport, IdempotentRow, ReportRow,
-    ReportWrite, Store, StoreError, StoreResult, StoredReport, sql, to_millis,
-};
-use crate::config::DatabaseConfig;
+use super::PgStore;
 use crate::domain::{Receipt, ReportStatus};
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+use crate::store::reports::sql;
+use crate::store::reports::{HistoryRow, IdempotentRow, ReportRow};
+use crate::store::{
+    IdempotentReport, ReportStore, ReportWrite, StoreResult, StoredReport, to_millis,
+};
 
 const INSERT_REPORTS: &str = "INSERT INTO reports (id, receipt, incident_id, channel, provider, \
      service, reporter_type, harm_type, occurred_at, amount_krw, title, description, \
@@ -46,40 +39,6 @@ const INSERT_OUTBOX: &str = "INSERT INTO outbox (id, channel, template, lang, re
      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], \
      $7::text[], $8::uuid[], $9::int8[]) \
      AS t(id, channel, template, lang, recipient_enc, payload, source_kind, source_id, due)";
-
-#[derive(Debug, Clone)]
-pub struct PgStore {
-    pool: PgPool,
-}
-
-impl PgStore {
-    /// Build the pool without connecting: the service starts (and reports not-ready) while
-    /// PostgreSQL is briefly away; migrations at start-up still need it.
-    pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(config.url.expose_secret())
-            .context("database.url is not a valid PostgreSQL URL")?
-            .application_name("reliefline")
-            // Acknowledged means durable: never let a server default weaken commits.
-            .options([("synchronous_commit", "on")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout())
-            .connect_lazy_with(options);
-        Ok(Self { pool })
-    }
-
-    fn error(e: sqlx::Error) -> StoreError {
-        StoreError::from_sqlx(e, conflict_of)
-    }
-}
-
-fn conflict_of(constraint: &str) -> Conflict {
-    match constraint {
-        "reports_receipt_key" => Conflict::Receipt,
-        "reports_idempotency_key_key" => Conflict::IdempotencyKey,
-        _ => Conflict::Other,
-    }
-}
 
 /// Column arrays for one UNNEST insert of reports.
 #[derive(Default)]
@@ -147,27 +106,7 @@ impl<'a> ReportColumns<'a> {
 }
 
 #[async_trait]
-impl Store for PgStore {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .context("applying PostgreSQL migrations")?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query(sql::PING)
-            .execute(&self.pool)
-            .await
-            .map_err(Self::error)?;
-        Ok(())
-    }
-
+impl ReportStore for PgStore {
     async fn insert_reports(&self, batch: &[ReportWrite]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
@@ -267,7 +206,7 @@ impl Store for PgStore {
         else {
             return Ok(None);
         };
-        let history = sqlx::query_as::<_, HistoryRow>(sql::REPORT_PUBLIC_HISTORY)
+        let history = sqlx::query_as::<_, HistoryRow>(sql::PUBLIC_HISTORY)
             .bind(row.id)
             .fetch_all(&self.pool)
             .await
@@ -283,33 +222,5 @@ impl Store for PgStore {
             .map_err(Self::error)?
             .map(IdempotentRow::into_record)
             .transpose()
-    }
-
-    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
-        sqlx::query(sql::INSERT_AUDIT)
-            .bind(entry.id)
-            .bind(to_millis(entry.at))
-            .bind(&entry.actor)
-            .bind(&entry.action)
-            .bind(entry.target.as_deref())
-            .bind(entry.detail.as_ref().map(ToString::to_string))
-            .bind(entry.client_addr.as_deref())
-            .execute(&self.pool)
-            .await
-            .map_err(Self::error)?;
-        Ok(())
-    }
-
-    async fn recent_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query_as::<_, AuditRow>(sql::RECENT_AUDIT)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Self::error)?;
-        Ok(rows.into_iter().map(AuditEntry::from).collect())
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
     }
 }

@@ -1,100 +1,22 @@
-//! SQLite: the embedded default. One file, WAL, `synchronous=FULL` so a commit survives power
-//! loss; one writer connection (SQLite serialises writers anyway) and a pool of readers.
+//! Reports on SQLite: multi-row `VALUES` inserts, chunked under the bound-parameter limit.
 
-use std::path::Path;
-
-use anyhow::Context as _;
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{
-    AuditEntry, AuditRow, Conflict, HistoryRow, IdempotentReport, IdempotentRow, ReportRow,
-    ReportWrite, Store, StoreError, StoreResult, StoredReport, sql, to_millis,
-};
-use crate::config::DatabaseConfig;
+use super::SqliteStore;
 use crate::domain::{Receipt, ReportStatus};
+use crate::store::outbox::sql::OUTBOX_COLUMNS;
+use crate::store::reports::sql;
+use crate::store::reports::{HistoryRow, IdempotentRow, ReportRow};
+use crate::store::{
+    IdempotentReport, ReportStore, ReportWrite, StoreResult, StoredReport, to_millis,
+};
 
 /// SQLite allows 32,766 bound parameters per statement; stay well below it.
 const MAX_PARAMS: usize = 30_000;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
-}
-
-impl SqliteStore {
-    pub async fn open(path: &Path, config: &DatabaseConfig) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating database folder {}", dir.display()))?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(config.busy_timeout())
-            .foreign_keys(true)
-            .pragma("temp_store", "memory");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(config.acquire_timeout())
-            .connect_with(options.clone())
-            .await
-            .with_context(|| format!("opening SQLite database {}", path.display()))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout())
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening SQLite readers on {}", path.display()))?;
-        Ok(Self { writer, reader })
-    }
-
-    fn error(e: sqlx::Error) -> StoreError {
-        StoreError::from_sqlx(e, conflict_of)
-    }
-}
-
-/// SQLite names the columns, not the constraint: "UNIQUE constraint failed: reports.receipt".
-fn conflict_of(message: &str) -> Conflict {
-    if message.contains("reports.receipt") {
-        Conflict::Receipt
-    } else if message.contains("reports.idempotency_key") {
-        Conflict::IdempotencyKey
-    } else {
-        Conflict::Other
-    }
-}
-
 #[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR
-            .run(&self.writer)
-            .await
-            .context("applying SQLite migrations")?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query(sql::PING)
-            .execute(&self.reader)
-            .await
-            .map_err(Self::error)?;
-        Ok(())
-    }
-
+impl ReportStore for SqliteStore {
     async fn insert_reports(&self, batch: &[ReportWrite]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
@@ -157,10 +79,8 @@ impl Store for SqliteStore {
 
         let messages: Vec<_> = batch.iter().flat_map(|w| &w.outbox).collect();
         for chunk in messages.chunks(MAX_PARAMS / 13) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO outbox ({}) ",
-                sql::OUTBOX_COLUMNS
-            ));
+            let mut q =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO outbox ({}) ", OUTBOX_COLUMNS));
             q.push_values(chunk, |mut row, m| {
                 let due = to_millis(m.not_before);
                 row.push_bind(m.id)
@@ -192,7 +112,7 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let history = sqlx::query_as::<_, HistoryRow>(sql::REPORT_PUBLIC_HISTORY)
+        let history = sqlx::query_as::<_, HistoryRow>(sql::PUBLIC_HISTORY)
             .bind(row.id)
             .fetch_all(&self.reader)
             .await
@@ -208,34 +128,5 @@ impl Store for SqliteStore {
             .map_err(Self::error)?
             .map(IdempotentRow::into_record)
             .transpose()
-    }
-
-    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
-        sqlx::query(sql::INSERT_AUDIT)
-            .bind(entry.id)
-            .bind(to_millis(entry.at))
-            .bind(&entry.actor)
-            .bind(&entry.action)
-            .bind(entry.target.as_deref())
-            .bind(entry.detail.as_ref().map(ToString::to_string))
-            .bind(entry.client_addr.as_deref())
-            .execute(&self.writer)
-            .await
-            .map_err(Self::error)?;
-        Ok(())
-    }
-
-    async fn recent_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
-        let rows = sqlx::query_as::<_, AuditRow>(sql::RECENT_AUDIT)
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(Self::error)?;
-        Ok(rows.into_iter().map(AuditEntry::from).collect())
-    }
-
-    async fn close(&self) {
-        self.writer.close().await;
-        self.reader.close().await;
     }
 }

@@ -1,0 +1,174 @@
+//! Harm reports: the batch write of everything a report causes, the status lookup and the
+//! idempotency record.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::outbox::NewMessage;
+use super::{StoreResult, Timestamp, from_millis, hash_from_bytes, parse_stored};
+use crate::crypto::SealedContact;
+use crate::domain::{Channel, HarmType, Receipt, ReportStatus, ReporterType};
+
+#[async_trait]
+pub trait ReportStore {
+    /// Write every report of the batch, with its first history entry and its notifications, in
+    /// one transaction: all committed or none.
+    async fn insert_reports(&self, batch: &[ReportWrite]) -> StoreResult<()>;
+
+    /// The report with this receipt, with its public history.
+    async fn find_report(&self, receipt: &Receipt) -> StoreResult<Option<StoredReport>>;
+
+    /// The report first submitted with this `Idempotency-Key`.
+    async fn find_idempotent(&self, key: &str) -> StoreResult<Option<IdempotentReport>>;
+}
+
+/// A harm report ready to be written: every field already validated and personal data sealed.
+#[derive(Debug, Clone)]
+pub struct NewReport {
+    pub id: Uuid,
+    pub receipt: Receipt,
+    pub incident_id: Option<Uuid>,
+    pub channel: Channel,
+    pub provider: String,
+    pub service: String,
+    pub reporter_type: ReporterType,
+    pub harm_type: HarmType,
+    pub occurred_at: Option<Timestamp>,
+    pub amount_krw: Option<i64>,
+    pub title: Option<String>,
+    pub description: String,
+    pub reporter_name: Vec<u8>,
+    pub phone: Option<SealedContact>,
+    pub email: Option<SealedContact>,
+    pub notify_sms: bool,
+    pub notify_email: bool,
+    pub idempotency: Option<IdempotencyRecord>,
+    pub received_at: Timestamp,
+}
+
+/// The client's `Idempotency-Key` and a hash of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub request_hash: [u8; 32],
+}
+
+/// Everything one accepted report causes, committed together: the report, its first history
+/// entry (derived from the report), and the notifications it triggers.
+#[derive(Debug, Clone)]
+pub struct ReportWrite {
+    pub report: NewReport,
+    pub outbox: Vec<NewMessage>,
+}
+
+/// What the status lookup needs to know about a report.
+#[derive(Debug, Clone)]
+pub struct StoredReport {
+    pub id: Uuid,
+    pub receipt: Receipt,
+    pub status: ReportStatus,
+    pub incident_id: Option<Uuid>,
+    pub phone_hmac: Option<[u8; 32]>,
+    pub email_hmac: Option<[u8; 32]>,
+    pub received_at: Timestamp,
+    /// Public history entries, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub status: ReportStatus,
+    pub at: Timestamp,
+    pub note: Option<String>,
+}
+
+/// The first answer given to an idempotent submission, kept with the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentReport {
+    pub receipt: Receipt,
+    pub request_hash: [u8; 32],
+    pub incident_id: Option<Uuid>,
+    pub received_at: Timestamp,
+}
+
+/// Statements both backends run as written.
+pub(super) mod sql {
+    pub const FIND_REPORT: &str = "SELECT id, receipt, status, incident_id, phone_hmac, \
+         email_hmac, received_at FROM reports WHERE receipt = $1";
+
+    pub const PUBLIC_HISTORY: &str = "SELECT status, at, note FROM report_events \
+         WHERE report_id = $1 AND public ORDER BY at, id";
+
+    pub const FIND_IDEMPOTENT: &str = "SELECT receipt, request_hash, incident_id, received_at \
+         FROM reports WHERE idempotency_key = $1";
+
+    /// Columns of a report row, in the order the SQLite batch insert binds them.
+    pub const REPORT_COLUMNS: &str = "id, receipt, incident_id, channel, provider, service, \
+         reporter_type, harm_type, occurred_at, amount_krw, title, description, \
+         reporter_name_enc, phone_enc, phone_hmac, email_enc, email_hmac, notify_sms, \
+         notify_email, status, idempotency_key, request_hash, received_at, updated_at";
+
+    pub const EVENT_COLUMNS: &str = "id, report_id, status, note, public, actor, at";
+}
+
+/// Rows shared by both backends' decoders.
+#[derive(sqlx::FromRow)]
+pub(super) struct ReportRow {
+    pub(super) id: Uuid,
+    receipt: String,
+    status: String,
+    incident_id: Option<Uuid>,
+    phone_hmac: Option<Vec<u8>>,
+    email_hmac: Option<Vec<u8>>,
+    received_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct HistoryRow {
+    status: String,
+    at: i64,
+    note: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct IdempotentRow {
+    receipt: String,
+    request_hash: Option<Vec<u8>>,
+    incident_id: Option<Uuid>,
+    received_at: i64,
+}
+
+impl ReportRow {
+    pub(super) fn into_stored(self, history: Vec<HistoryRow>) -> StoreResult<StoredReport> {
+        Ok(StoredReport {
+            id: self.id,
+            receipt: parse_stored(&self.receipt, "reports.receipt")?,
+            status: parse_stored(&self.status, "reports.status")?,
+            incident_id: self.incident_id,
+            phone_hmac: hash_from_bytes(self.phone_hmac),
+            email_hmac: hash_from_bytes(self.email_hmac),
+            received_at: from_millis(self.received_at),
+            history: history
+                .into_iter()
+                .map(|h| {
+                    Ok(HistoryEntry {
+                        status: parse_stored(&h.status, "report_events.status")?,
+                        at: from_millis(h.at),
+                        note: h.note,
+                    })
+                })
+                .collect::<StoreResult<_>>()?,
+        })
+    }
+}
+
+impl IdempotentRow {
+    pub(super) fn into_record(self) -> StoreResult<IdempotentReport> {
+        Ok(IdempotentReport {
+            receipt: parse_stored(&self.receipt, "reports.receipt")?,
+            request_hash: hash_from_bytes(self.request_hash).unwrap_or_default(),
+            incident_id: self.incident_id,
+            received_at: from_millis(self.received_at),
+        })
+    }
+}
