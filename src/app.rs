@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::http::server::{self, ServeOptions};
+use crate::intake::{Batcher, BatcherOptions, Intake};
 use crate::store::{self, DynStore};
 
 /// What every handler can reach. Cheap to clone.
@@ -22,6 +23,21 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: DynStore,
     pub keys: Arc<Keys>,
+    pub intake: Intake,
+}
+
+impl AppState {
+    /// Why the service should not get traffic right now, beyond the store check.
+    pub fn readiness_problems(&self) -> Vec<&'static str> {
+        let batcher = self.intake.batcher();
+        // Nearly full: a load balancer should send new people elsewhere.
+        let saturated = batcher.depth() * 10 >= batcher.capacity() * 9;
+        if saturated {
+            vec!["intake_saturated"]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// A built service, listeners bound, ready to run.
@@ -52,17 +68,43 @@ impl App {
         };
         // Install the recorder before any request or task records a metric.
         crate::telemetry::metrics_handle();
+        let background = TaskTracker::new();
+        let background_shutdown = CancellationToken::new();
+        let keys = Arc::new(keys);
+        let writers = match store.backend() {
+            "sqlite" => 1,
+            _ => config.intake.postgres_writers,
+        };
+        let batcher = Batcher::start(
+            Arc::clone(&store),
+            BatcherOptions {
+                queue_capacity: config.intake.queue_capacity,
+                batch_max: config.intake.batch_max,
+                batch_wait: std::time::Duration::from_millis(config.intake.batch_wait_ms),
+                writers,
+            },
+            None,
+            &background,
+            background_shutdown.clone(),
+        );
+        let intake = Intake::new(
+            &config.intake,
+            batcher,
+            Arc::clone(&store),
+            Arc::clone(&keys),
+        );
         let state = AppState {
             config: Arc::new(config),
             store,
-            keys: Arc::new(keys),
+            keys,
+            intake,
         };
         Ok(Self {
             state,
             listener,
             metrics_listener,
-            background: TaskTracker::new(),
-            background_shutdown: CancellationToken::new(),
+            background,
+            background_shutdown,
         })
     }
 

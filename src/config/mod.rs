@@ -28,6 +28,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub metrics: MetricsConfig,
     pub database: DatabaseConfig,
+    pub intake: IntakeConfig,
     pub security: SecurityConfig,
     pub log: LogConfig,
 }
@@ -138,6 +139,19 @@ impl DatabaseTarget {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+    pub incident_batch_wait_ms: u64,
+    pub postgres_writers: usize,
+    pub idempotency_cache_entries: u64,
+    pub idempotency_cache_ttl_secs: u64,
+    pub overload_retry_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     /// Empty means "use `key_file`".
     pub master_key: SecretString,
@@ -239,6 +253,25 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be greater than 0");
+        }
+        let intake = &self.intake;
+        for (key, value) in [
+            ("intake.queue_capacity", intake.queue_capacity),
+            ("intake.batch_max", intake.batch_max),
+            ("intake.postgres_writers", intake.postgres_writers),
+        ] {
+            if value == 0 {
+                return bad(key, "must be greater than 0");
+            }
+        }
+        if intake.batch_max > 10_000 {
+            return bad("intake.batch_max", "must be at most 10000");
+        }
+        if intake.batch_wait_ms > 1_000 || intake.incident_batch_wait_ms > 1_000 {
+            return bad(
+                "intake.batch_wait_ms",
+                "batch waits must be at most 1000 ms",
+            );
         }
         let master_key = self.security.master_key.expose_secret().trim();
         if let (false, Err(why)) = (master_key.is_empty(), Keys::from_hex(master_key)) {

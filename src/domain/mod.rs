@@ -1,8 +1,12 @@
 //! Domain types that parse once: a value of one of these types is known valid, so code past
 //! the boundary never re-checks it.
 
+mod email;
+mod phone;
 mod receipt;
 
+pub use email::{EmailAddress, InvalidEmail};
+pub use phone::{InvalidPhone, PhoneNumber};
 pub use receipt::Receipt;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +25,7 @@ use serde::{Deserialize, Serialize};
     strum::EnumString,
     strum::EnumIter,
     strum::Display,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -44,6 +49,7 @@ pub enum ReporterType {
     strum::EnumString,
     strum::EnumIter,
     strum::Display,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -70,6 +76,7 @@ pub enum HarmType {
     strum::EnumString,
     strum::EnumIter,
     strum::Display,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -99,6 +106,7 @@ pub enum ReportStatus {
     Serialize,
     Deserialize,
     strum::AsRefStr,
+    strum::IntoStaticStr,
     strum::EnumString,
     strum::Display,
 )]

@@ -49,12 +49,15 @@ pub enum ApiError {
 /// How long clients are asked to wait when storage is briefly away.
 pub const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: String,
+/// Every error answer: a machine-readable code, a sentence for people, and for validation
+/// errors each bad field by JSON path.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = "validation_failed")]
+    pub error: String,
+    pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    fields: Option<&'a BTreeMap<String, String>>,
+    pub fields: Option<BTreeMap<String, String>>,
 }
 
 /// Cause of a 5xx, carried to the logging middleware in the response extensions.
@@ -135,15 +138,13 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = self.to_string();
-        let fields = match &self {
-            Self::Validation(fields) => Some(fields),
-            _ => None,
-        };
         let body = ErrorBody {
-            error: self.code(),
-            message,
-            fields,
+            error: self.code().to_owned(),
+            message: self.to_string(),
+            fields: match &self {
+                Self::Validation(fields) => Some(fields.clone()),
+                _ => None,
+            },
         };
         let mut response = (status, Json(body)).into_response();
         if let Some(wait) = self.retry_after() {

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod server;
 
@@ -30,7 +31,10 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 /// The whole public application.
 pub fn router(state: AppState) -> Router {
-    let mut routes = Router::new().merge(ops::router());
+    let mut routes = Router::new()
+        .merge(ops::router())
+        .merge(openapi::router())
+        .merge(crate::intake::router());
     if state.config.metrics.listen.is_none() {
         routes = routes.merge(ops::metrics_router());
     }

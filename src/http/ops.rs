@@ -21,12 +21,17 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The process is alive and answering.
-async fn healthz() -> impl IntoResponse {
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "Alive")))]
+pub(crate) async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
 /// Ready to take traffic: the store answers and intake is not saturated.
-async fn readyz(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready: store unreachable or intake saturated"),
+))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let store = match tokio::time::timeout(READY_PROBE_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => "ok",
         Ok(Err(e)) => {
@@ -35,10 +40,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }
         Err(_) => "timeout",
     };
-    let problems: Vec<&str> = [(store != "ok").then_some("store")]
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut problems = state.readiness_problems();
+    if store != "ok" {
+        problems.insert(0, "store");
+    }
     let status = if problems.is_empty() {
         StatusCode::OK
     } else {
@@ -59,6 +64,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// Prometheus text exposition of every metric this process records.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+))]
 pub async fn metrics() -> impl IntoResponse {
     (
         [(

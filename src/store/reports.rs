@@ -93,11 +93,13 @@ pub struct IdempotentReport {
 
 /// Statements both backends run as written.
 pub(super) mod sql {
-    pub const FIND_REPORT: &str = "SELECT id, receipt, status, incident_id, phone_hmac, \
-         email_hmac, received_at FROM reports WHERE receipt = $1";
-
-    pub const PUBLIC_HISTORY: &str = "SELECT status, at, note FROM report_events \
-         WHERE report_id = $1 AND public ORDER BY at, id";
+    /// The report and its public history in one round trip, so a lookup of an unknown receipt
+    /// costs the same single query as one that exists.
+    pub const FIND_REPORT: &str = "SELECT r.id, r.receipt, r.status, r.incident_id, \
+         r.phone_hmac, r.email_hmac, r.received_at, e.status AS event_status, \
+         e.at AS event_at, e.note AS event_note \
+         FROM reports r LEFT JOIN report_events e ON e.report_id = r.id AND e.public \
+         WHERE r.receipt = $1 ORDER BY e.at, e.id";
 
     pub const FIND_IDEMPOTENT: &str = "SELECT receipt, request_hash, incident_id, received_at \
          FROM reports WHERE idempotency_key = $1";
@@ -111,23 +113,19 @@ pub(super) mod sql {
     pub const EVENT_COLUMNS: &str = "id, report_id, status, note, public, actor, at";
 }
 
-/// Rows shared by both backends' decoders.
+/// One row of [`sql::FIND_REPORT`]: the report repeated beside each public history entry.
 #[derive(sqlx::FromRow)]
 pub(super) struct ReportRow {
-    pub(super) id: Uuid,
+    id: Uuid,
     receipt: String,
     status: String,
     incident_id: Option<Uuid>,
     phone_hmac: Option<Vec<u8>>,
     email_hmac: Option<Vec<u8>>,
     received_at: i64,
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct HistoryRow {
-    status: String,
-    at: i64,
-    note: Option<String>,
+    event_status: Option<String>,
+    event_at: Option<i64>,
+    event_note: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -138,28 +136,37 @@ pub(super) struct IdempotentRow {
     received_at: i64,
 }
 
-impl ReportRow {
-    pub(super) fn into_stored(self, history: Vec<HistoryRow>) -> StoreResult<StoredReport> {
-        Ok(StoredReport {
-            id: self.id,
-            receipt: parse_stored(&self.receipt, "reports.receipt")?,
-            status: parse_stored(&self.status, "reports.status")?,
-            incident_id: self.incident_id,
-            phone_hmac: hash_from_bytes(self.phone_hmac),
-            email_hmac: hash_from_bytes(self.email_hmac),
-            received_at: from_millis(self.received_at),
-            history: history
-                .into_iter()
-                .map(|h| {
-                    Ok(HistoryEntry {
-                        status: parse_stored(&h.status, "report_events.status")?,
-                        at: from_millis(h.at),
-                        note: h.note,
-                    })
-                })
-                .collect::<StoreResult<_>>()?,
-        })
+/// Fold the joined rows of one report into the report with its history.
+pub(super) fn report_from_rows(rows: Vec<ReportRow>) -> StoreResult<Option<StoredReport>> {
+    let mut rows = rows.into_iter();
+    let Some(first) = rows.next() else {
+        return Ok(None);
+    };
+    let mut history = Vec::new();
+    let mut push = |row: &ReportRow| -> StoreResult<()> {
+        if let (Some(status), Some(at)) = (&row.event_status, row.event_at) {
+            history.push(HistoryEntry {
+                status: parse_stored(status, "report_events.status")?,
+                at: from_millis(at),
+                note: row.event_note.clone(),
+            });
+        }
+        Ok(())
+    };
+    push(&first)?;
+    for row in rows {
+        push(&row)?;
     }
+    Ok(Some(StoredReport {
+        id: first.id,
+        receipt: parse_stored(&first.receipt, "reports.receipt")?,
+        status: parse_stored(&first.status, "reports.status")?,
+        incident_id: first.incident_id,
+        phone_hmac: hash_from_bytes(first.phone_hmac),
+        email_hmac: hash_from_bytes(first.email_hmac),
+        received_at: from_millis(first.received_at),
+        history,
+    }))
 }
 
 impl IdempotentRow {

@@ -169,6 +169,19 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The Prometheus text from the metrics listener.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics listener");
+        self.client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Graceful stop, as on SIGTERM; waits until the service has exited.
     pub async fn stop(mut self) -> Arc<TestDb> {
         self.shutdown.cancel();
@@ -200,4 +213,130 @@ macro_rules! on_both_backends {
             }
         }
     )+};
+}
+
+/// The real binary, run as a separate process on a test database.
+pub struct ServiceProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+    output: Arc<std::sync::Mutex<String>>,
+}
+
+impl ServiceProcess {
+    /// Start `reliefline serve` with the test configuration of `db` plus `env`, and wait until
+    /// it says where it listens.
+    pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_reliefline"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RELIEFLINE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("RELIEFLINE_HTTP__LISTEN", "127.0.0.1:0")
+            .env("RELIEFLINE_METRICS__LISTEN", "127.0.0.1:0")
+            .env("RELIEFLINE_DATABASE__URL", &db.url)
+            .env("RELIEFLINE_SECURITY__MASTER_KEY", "11".repeat(32))
+            .env("RELIEFLINE_LOG__FORMAT", "json")
+            .env("RELIEFLINE_LOG__LEVEL", "info")
+            .envs(env.iter().copied())
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start reliefline");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let output = Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&output);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = listening_address(&line) {
+                    tx.send(addr).ok();
+                }
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let sink = Arc::clone(&output);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("reliefline did not start: {}", output.lock().unwrap()));
+        Self {
+            addr,
+            child,
+            output,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM, then wait for the exit status; also returns everything the process printed.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        // Give the reader threads a moment to take the last lines.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        (exit, self.output.lock().unwrap().clone())
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}
+
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    let start = line.find("listening on http://")? + "listening on http://".len();
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// A valid report as the public API expects it.
+pub fn sample_report() -> serde_json::Value {
+    serde_json::json!({
+        "provider": "Kakao",
+        "service": "KakaoTalk",
+        "reporter_type": "merchant",
+        "harm_type": "business_loss",
+        "occurred_at": "2022-10-15T15:30:00+09:00",
+        "amount_krw": 250000,
+        "title": "주문 알림이 오지 않음",
+        "description": "카카오톡 채널로 받던 주문 알림이 멈춰 주말 매출을 잃었습니다.",
+        "reporter": {"name": "홍길동", "phone": "010-1234-5678", "email": "hong@example.kr"},
+        "notify": {"sms": true, "email": false},
+        "consent": {"personal_info": true}
+    })
 }

@@ -11,5 +11,6 @@
 mod helpers;
 
 mod cli;
+mod intake;
 mod ops;
 mod store_contract;

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::PgStore;
 use crate::domain::{Receipt, ReportStatus};
 use crate::store::reports::sql;
-use crate::store::reports::{HistoryRow, IdempotentRow, ReportRow};
+use crate::store::reports::{IdempotentRow, ReportRow, report_from_rows};
 use crate::store::{
     IdempotentReport, ReportStore, ReportWrite, StoreResult, StoredReport, to_millis,
 };
@@ -198,20 +198,12 @@ impl ReportStore for PgStore {
     }
 
     async fn find_report(&self, receipt: &Receipt) -> StoreResult<Option<StoredReport>> {
-        let Some(row) = sqlx::query_as::<_, ReportRow>(sql::FIND_REPORT)
+        let rows = sqlx::query_as::<_, ReportRow>(sql::FIND_REPORT)
             .bind(receipt.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Self::error)?
-        else {
-            return Ok(None);
-        };
-        let history = sqlx::query_as::<_, HistoryRow>(sql::PUBLIC_HISTORY)
-            .bind(row.id)
             .fetch_all(&self.pool)
             .await
             .map_err(Self::error)?;
-        row.into_stored(history).map(Some)
+        report_from_rows(rows)
     }
 
     async fn find_idempotent(&self, key: &str) -> StoreResult<Option<IdempotentReport>> {

@@ -7,7 +7,7 @@ use super::SqliteStore;
 use crate::domain::{Receipt, ReportStatus};
 use crate::store::outbox::sql::OUTBOX_COLUMNS;
 use crate::store::reports::sql;
-use crate::store::reports::{HistoryRow, IdempotentRow, ReportRow};
+use crate::store::reports::{IdempotentRow, ReportRow, report_from_rows};
 use crate::store::{
     IdempotentReport, ReportStore, ReportWrite, StoreResult, StoredReport, to_millis,
 };
@@ -104,20 +104,12 @@ impl ReportStore for SqliteStore {
     }
 
     async fn find_report(&self, receipt: &Receipt) -> StoreResult<Option<StoredReport>> {
-        let Some(row) = sqlx::query_as::<_, ReportRow>(sql::FIND_REPORT)
+        let rows = sqlx::query_as::<_, ReportRow>(sql::FIND_REPORT)
             .bind(receipt.as_str())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(Self::error)?
-        else {
-            return Ok(None);
-        };
-        let history = sqlx::query_as::<_, HistoryRow>(sql::PUBLIC_HISTORY)
-            .bind(row.id)
             .fetch_all(&self.reader)
             .await
             .map_err(Self::error)?;
-        row.into_stored(history).map(Some)
+        report_from_rows(rows)
     }
 
     async fn find_idempotent(&self, key: &str) -> StoreResult<Option<IdempotentReport>> {

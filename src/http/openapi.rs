@@ -1,0 +1,53 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3 description generated from the handlers'
+//! annotations and the wire types, so it changes when the code does.
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use utoipa::OpenApi;
+
+use crate::app::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Reliefline",
+        description = "Harm-report intake and outage notification for mass online-service \
+            incidents. Errors are `{\"error\": CODE, \"message\": TEXT}` plus `fields` for \
+            validation errors; 429 and 503 always carry Retry-After."
+    ),
+    paths(
+        crate::intake::submit_report,
+        crate::intake::lookup::lookup_report,
+        super::ops::healthz,
+        super::ops::readyz,
+        super::ops::metrics,
+    ),
+    tags(
+        (name = "intake", description = "Harm reports from the public"),
+        (name = "ops", description = "Health, readiness and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON, built once.
+pub fn document() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|_| "{}".to_owned())
+    })
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/api/v1/openapi.json",
+        get(|| async {
+            ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+        }),
+    )
+}

@@ -1,0 +1,278 @@
+//! Group commit: handlers hand their report to a bounded queue and wait; a collector drains the
+//! queue into batches (by size, and by a short wait) and commits each batch in one transaction.
+//! A handler hears "committed" only after its batch's COMMIT returned.
+//!
+//! One fsync then acknowledges a whole batch, which is what lifts intake from a few thousand
+//! reports/s (one transaction each) to tens of thousands. When a batch fails, its reports are
+//! retried one by one so a single bad row cannot sink the others.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::Receipt;
+use crate::store::{Conflict, DynStore, ReportWrite, StoreError};
+use crate::telemetry::names;
+
+/// How many times a report whose fresh receipt collided is given a new one.
+const RECEIPT_RETRIES: usize = 3;
+
+/// Why a report was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The queue is full: answer 503 at once.
+    #[error("intake queue is full")]
+    QueueFull,
+    /// The service is shutting down and no longer takes reports.
+    #[error("intake is shutting down")]
+    ShuttingDown,
+    /// Another report already holds this `Idempotency-Key`.
+    #[error("idempotency key already used")]
+    IdempotencyKeyTaken,
+    /// The report names an incident that does not exist.
+    #[error("unknown incident")]
+    UnknownIncident,
+    /// The store did not answer; nothing of this batch was committed.
+    #[error("store unavailable")]
+    StoreUnavailable,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// What the handler learns once its report is durable.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The receipt actually stored (a fresh one if the first collided).
+    pub receipt: Receipt,
+}
+
+/// Called with the number of reports after every successful commit (surge detection).
+pub type CommitObserver = Arc<dyn Fn(usize) + Send + Sync>;
+
+struct Job {
+    write: ReportWrite,
+    reply: oneshot::Sender<Result<Committed, CommitError>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatcherOptions {
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+    pub batch_wait: Duration,
+    /// Batches committed concurrently: 1 on SQLite, a few on PostgreSQL.
+    pub writers: usize,
+}
+
+/// The handlers' side of the group-commit queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Job>,
+    batch_wait_us: Arc<AtomicU64>,
+}
+
+impl Batcher {
+    /// Start the collector on `tasks`. It stops taking reports when `shutdown` fires, commits
+    /// everything already queued, and then exits.
+    pub fn start(
+        store: DynStore,
+        options: BatcherOptions,
+        observer: Option<CommitObserver>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (queue, receiver) = mpsc::channel(options.queue_capacity);
+        let batch_wait_us = Arc::new(AtomicU64::new(micros(options.batch_wait)));
+        let collector = Collector {
+            store,
+            receiver,
+            batch_max: options.batch_max,
+            batch_wait_us: Arc::clone(&batch_wait_us),
+            writers: Arc::new(Semaphore::new(options.writers.max(1))),
+            observer,
+            tasks: tasks.clone(),
+        };
+        tasks.spawn(collector.run(shutdown));
+        Self {
+            queue,
+            batch_wait_us,
+        }
+    }
+
+    /// Queue a report and wait until it is committed (or refused).
+    pub async fn submit(&self, write: ReportWrite) -> Result<Committed, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job { write, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => CommitError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => CommitError::ShuttingDown,
+            })?;
+        metrics::gauge!(names::INTAKE_QUEUE_DEPTH).set(self.depth() as f64);
+        // The collector answers every job it takes, also on shutdown; a dropped sender means
+        // it stopped before taking this one.
+        answer.await.unwrap_or(Err(CommitError::ShuttingDown))
+    }
+
+    /// Reports waiting for a commit.
+    pub fn depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.queue.max_capacity()
+    }
+
+    /// Change how long a batch waits for company; takes effect with the next batch.
+    pub fn set_batch_wait(&self, wait: Duration) {
+        self.batch_wait_us.store(micros(wait), Ordering::Relaxed);
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+struct Collector {
+    store: DynStore,
+    receiver: mpsc::Receiver<Job>,
+    batch_max: usize,
+    batch_wait_us: Arc<AtomicU64>,
+    writers: Arc<Semaphore>,
+    observer: Option<CommitObserver>,
+    tasks: TaskTracker,
+}
+
+impl Collector {
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                job = self.receiver.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let batch = self.fill(first).await;
+            self.dispatch(batch).await;
+        }
+        // Shutdown: refuse new reports, commit the ones already accepted into the queue.
+        self.receiver.close();
+        while let Some(first) = self.receiver.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < self.batch_max {
+                match self.receiver.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.dispatch(batch).await;
+        }
+        // Commits still running are tasks on the same tracker; shutdown waits for them.
+    }
+
+    /// Take what is already queued, then wait briefly for more while the batch is small.
+    async fn fill(&mut self, first: Job) -> Vec<Job> {
+        let mut batch = Vec::with_capacity(self.batch_max.min(1024));
+        batch.push(first);
+        let wait = Duration::from_micros(self.batch_wait_us.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < self.batch_max {
+            match self.receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) if wait.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        batch
+    }
+
+    /// Commit on a free writer. While every writer is busy the queue keeps filling, so the
+    /// next batch is larger: throughput grows with load instead of latency.
+    async fn dispatch(&self, batch: Vec<Job>) {
+        let Ok(permit) = Arc::clone(&self.writers).acquire_owned().await else {
+            return;
+        };
+        metrics::gauge!(names::INTAKE_QUEUE_DEPTH)
+            .set((self.receiver.max_capacity() - self.receiver.capacity()) as f64);
+        let store = Arc::clone(&self.store);
+        let observer = self.observer.clone();
+        self.tasks.spawn(async move {
+            commit(&store, batch, observer.as_ref()).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn commit(store: &DynStore, batch: Vec<Job>, observer: Option<&CommitObserver>) {
+    let size = batch.len();
+    metrics::histogram!(names::INTAKE_BATCH_SIZE).record(size as f64);
+    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.write, j.reply)).unzip();
+    let started = Instant::now();
+    let result = store.insert_reports(&writes).await;
+    metrics::histogram!(names::INTAKE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(()) => {
+            if let Some(observe) = observer {
+                observe(size);
+            }
+            for (write, reply) in writes.into_iter().zip(replies) {
+                let receipt = write.report.receipt;
+                drop(reply.send(Ok(Committed { receipt })));
+            }
+        }
+        // The store is away: every row would fail alike, so tell everyone at once.
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, size, "batch not committed: store unavailable");
+            for reply in replies {
+                drop(reply.send(Err(CommitError::StoreUnavailable)));
+            }
+        }
+        Err(e) => {
+            if size > 1 {
+                tracing::info!(error = %e, size, "batch failed; committing its reports one by one");
+            }
+            let mut committed = 0;
+            for (write, reply) in writes.into_iter().zip(replies) {
+                let outcome = commit_one(store, write).await;
+                committed += usize::from(outcome.is_ok());
+                drop(reply.send(outcome));
+            }
+            if let (Some(observe), true) = (observer, committed > 0) {
+                observe(committed);
+            }
+        }
+    }
+}
+
+/// Commit a single report, replacing its receipt if the random one happened to collide.
+async fn commit_one(store: &DynStore, mut write: ReportWrite) -> Result<Committed, CommitError> {
+    for _ in 0..=RECEIPT_RETRIES {
+        match store.insert_reports(std::slice::from_ref(&write)).await {
+            Ok(()) => {
+                return Ok(Committed {
+                    receipt: write.report.receipt,
+                });
+            }
+            Err(StoreError::Conflict(Conflict::Receipt)) => {
+                write.report.receipt = Receipt::generate();
+            }
+            Err(StoreError::Conflict(Conflict::IdempotencyKey)) => {
+                return Err(CommitError::IdempotencyKeyTaken);
+            }
+            Err(StoreError::MissingReference) => return Err(CommitError::UnknownIncident),
+            Err(e) if e.is_unavailable() => return Err(CommitError::StoreUnavailable),
+            Err(e) => return Err(CommitError::Store(e)),
+        }
+    }
+    Err(CommitError::Store(StoreError::Other(anyhow::anyhow!(
+        "receipt collided {RECEIPT_RETRIES} times in a row"
+    ))))
+}

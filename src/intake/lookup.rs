@@ -1,0 +1,153 @@
+//! `POST /api/v1/reports/lookup`: the reporter proves who they are with the receipt and the
+//! contact they gave, and sees where their report is.
+//!
+//! An unknown receipt and a wrong contact must look the same from outside: same status, same
+//! body, and the same work on the way (one store query, keyed hashes compared in constant time),
+//! so neither can be told apart to probe for receipts or contacts.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::read_json;
+use super::request::{FieldErrors, Fields};
+use crate::app::AppState;
+use crate::crypto::hashes_equal;
+use crate::domain::{EmailAddress, PhoneNumber, Receipt, ReportStatus};
+use crate::http::ApiError;
+use crate::http::error::ErrorBody;
+use crate::store::StoredReport;
+
+const MAX_LOOKUP_BYTES: usize = 4 * 1024;
+
+/// What the reporter may see.
+#[derive(Serialize)]
+struct LookupBody {
+    receipt: Receipt,
+    status: ReportStatus,
+    history: Vec<HistoryItem>,
+    /// The result of consultation, once there is one.
+    result: Option<Value>,
+    incident: Option<IncidentRef>,
+}
+
+#[derive(Serialize)]
+struct HistoryItem {
+    status: ReportStatus,
+    at: String,
+    note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct IncidentRef {
+    id: Uuid,
+}
+
+/// The contact a reporter gave, normalised the way it was hashed at submission.
+pub enum Contact {
+    Phone(PhoneNumber),
+    Email(EmailAddress),
+}
+
+impl Contact {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.contains('@') {
+            EmailAddress::parse(text)
+                .map(Self::Email)
+                .map_err(|e| e.to_string())
+        } else {
+            PhoneNumber::parse(text)
+                .map(Self::Phone)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    fn normalised(&self) -> String {
+        match self {
+            Self::Phone(p) => p.e164(),
+            Self::Email(e) => e.normalised(),
+        }
+    }
+}
+
+/// Parse `{"receipt", "contact"}`, naming every bad field.
+fn parse_request(body: &Value) -> Result<(Receipt, Contact), FieldErrors> {
+    let mut errors = FieldErrors::new();
+    let Some(obj) = body.as_object() else {
+        errors.insert("$".into(), "the body must be a JSON object".into());
+        return Err(errors);
+    };
+    let mut f = Fields::new(obj, "", &mut errors);
+    f.reject_unknown(&["receipt", "contact"]);
+    let receipt = f.parsed("receipt", true, Receipt::parse);
+    let contact = f.parsed("contact", true, Contact::parse);
+    match (receipt, contact) {
+        (Some(r), Some(c)) if errors.is_empty() => Ok((r, c)),
+        _ => Err(errors),
+    }
+}
+
+/// The reporter checks on a report with its receipt and the contact given with it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/reports/lookup",
+    tag = "intake",
+    request_body(content = super::schema::LookupRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Status and public history",
+            body = super::schema::LookupResponse),
+        (status = 404, description = "Unknown receipt or wrong contact (indistinguishable)",
+            body = ErrorBody),
+        (status = 422, description = "Malformed receipt or contact", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+    )
+)]
+pub(crate) async fn lookup_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&headers, body, MAX_LOOKUP_BYTES).await?;
+    let (receipt, contact) = parse_request(&value).map_err(ApiError::Validation)?;
+    let given = state.keys.hash(&contact.normalised());
+    let report = state.store.find_report(&receipt).await?;
+    // Compare against both stored hashes, or against a dummy when there is no report, so
+    // every path does the same work.
+    let dummy = [0u8; 32];
+    let (phone, email) = report.as_ref().map_or((&dummy, &dummy), |r| {
+        (
+            r.phone_hmac.as_ref().unwrap_or(&dummy),
+            r.email_hmac.as_ref().unwrap_or(&dummy),
+        )
+    });
+    let phone_matches = hashes_equal(&given, phone);
+    let email_matches = hashes_equal(&given, email);
+    let matches = phone_matches | email_matches;
+    match report {
+        Some(report) if matches => Ok(found(report)),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn found(report: StoredReport) -> Response {
+    let body = LookupBody {
+        receipt: report.receipt,
+        status: report.status,
+        history: report
+            .history
+            .into_iter()
+            .map(|h| HistoryItem {
+                status: h.status,
+                at: h.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                note: h.note,
+            })
+            .collect(),
+        result: None,
+        incident: report.incident_id.map(|id| IncidentRef { id }),
+    };
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}

@@ -1,0 +1,365 @@
+//! Surge intake: `POST /api/v1/reports` (a harm report in, a durable receipt out) and
+//! `POST /api/v1/reports/lookup` (the reporter checks on it).
+//!
+//! Path of a report: rate limits → content type and size → JSON → [`ValidReport`] →
+//! idempotency → group-commit [`Batcher`] → `201` only after COMMIT.
+
+pub mod batcher;
+pub mod idempotency;
+pub(crate) mod lookup;
+pub mod request;
+pub mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::{DateTime, SubsecRound as _, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use batcher::{Batcher, BatcherOptions, CommitError, CommitObserver, Committed};
+pub use idempotency::{Idempotency, IdempotencyKey, Seen};
+pub use request::{FieldErrors, Reporter, ValidReport};
+
+use crate::app::AppState;
+use crate::config::IntakeConfig;
+use crate::crypto::Keys;
+use crate::domain::{Channel, Receipt};
+use crate::http::ApiError;
+use crate::http::error::ErrorBody;
+use crate::store::{DynStore, IdempotencyRecord, NewReport, ReportWrite};
+use crate::telemetry::names;
+
+/// The contract's limit on a report body.
+pub const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/reports", post(submit_report))
+        .route("/api/v1/reports/lookup", post(lookup::lookup_report))
+}
+
+/// The answer to an accepted report (and to its idempotent replays).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    pub receipt: Receipt,
+    pub incident_id: Option<Uuid>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct AcceptedBody<'a> {
+    receipt: &'a Receipt,
+    status: &'static str,
+    incident_id: Option<Uuid>,
+    received_at: String,
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        let body = AcceptedBody {
+            receipt: &self.receipt,
+            status: "received",
+            incident_id: self.incident_id,
+            received_at: self
+                .received_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        (
+            StatusCode::CREATED,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(body),
+        )
+            .into_response()
+    }
+}
+
+/// Why a submission was not accepted, for the channel (API or page) to present.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the report has invalid fields")]
+    Invalid(FieldErrors),
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("busy")]
+    Overloaded { retry_after: Duration },
+    #[error("storage unavailable")]
+    StoreUnavailable,
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let reason = match &e {
+            SubmitError::Invalid(_) => "validation",
+            SubmitError::IdempotencyMismatch => "idempotency",
+            SubmitError::Overloaded { .. } => "overloaded",
+            SubmitError::StoreUnavailable => "store_unavailable",
+            SubmitError::Internal(_) => "internal",
+        };
+        metrics::counter!(names::REPORTS_REJECTED, "reason" => reason).increment(1);
+        match e {
+            SubmitError::Invalid(fields) => Self::Validation(fields),
+            SubmitError::IdempotencyMismatch => Self::Unprocessable {
+                code: "idempotency_mismatch",
+                message: "this Idempotency-Key was already used with a different request body"
+                    .into(),
+            },
+            SubmitError::Overloaded { retry_after } => Self::Overloaded { retry_after },
+            SubmitError::StoreUnavailable => Self::StoreUnavailable {
+                retry_after: crate::http::error::STORE_RETRY_AFTER,
+            },
+            SubmitError::Internal(e) => Self::Internal(e),
+        }
+    }
+}
+
+/// Intake as the rest of the service uses it: the API handler here, the HTML form elsewhere.
+#[derive(Clone)]
+pub struct Intake {
+    batcher: Batcher,
+    idempotency: Idempotency,
+    keys: Arc<Keys>,
+    overload_retry_after: Duration,
+}
+
+impl Intake {
+    pub fn new(config: &IntakeConfig, batcher: Batcher, store: DynStore, keys: Arc<Keys>) -> Self {
+        Self {
+            batcher,
+            idempotency: Idempotency::new(
+                store,
+                config.idempotency_cache_entries,
+                Duration::from_secs(config.idempotency_cache_ttl_secs),
+            ),
+            keys,
+            overload_retry_after: Duration::from_secs(config.overload_retry_after_secs.max(1)),
+        }
+    }
+
+    pub fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+
+    /// Commit a checked report, honouring an idempotency key and the hash of its request.
+    pub async fn submit(
+        &self,
+        report: ValidReport,
+        channel: Channel,
+        idempotency: Option<(IdempotencyKey, [u8; 32])>,
+    ) -> Result<Accepted, SubmitError> {
+        if let Some((key, hash)) = &idempotency {
+            match self.idempotency.check(key, hash).await {
+                Ok(Seen::New) => {}
+                Ok(Seen::Replay(answer)) => return Ok(answer),
+                Ok(Seen::Mismatch) => return Err(SubmitError::IdempotencyMismatch),
+                Err(e) if e.is_unavailable() => return Err(SubmitError::StoreUnavailable),
+                Err(e) => return Err(SubmitError::Internal(e.into())),
+            }
+        }
+        let incident_id = report.incident_id;
+        let write = self.seal(report, channel, idempotency.as_ref());
+        let received_at = write.report.received_at;
+        match self.batcher.submit(write).await {
+            Ok(Committed { receipt }) => {
+                let label: &'static str = channel.into();
+                metrics::counter!(names::REPORTS_ACCEPTED, "channel" => label).increment(1);
+                let answer = Accepted {
+                    receipt,
+                    incident_id,
+                    received_at,
+                };
+                if let Some((key, hash)) = idempotency {
+                    self.idempotency.remember(key, hash, answer.clone()).await;
+                }
+                Ok(answer)
+            }
+            // A concurrent request with the same key won the race: answer as it did.
+            Err(CommitError::IdempotencyKeyTaken) => {
+                let Some((key, hash)) = idempotency else {
+                    return Err(SubmitError::Internal(anyhow::anyhow!(
+                        "idempotency conflict without a key"
+                    )));
+                };
+                match self.idempotency.check(&key, &hash).await {
+                    Ok(Seen::Replay(answer)) => Ok(answer),
+                    Ok(Seen::Mismatch) => Err(SubmitError::IdempotencyMismatch),
+                    Ok(Seen::New) => Err(SubmitError::Internal(anyhow::anyhow!(
+                        "idempotency key conflicted but is not stored"
+                    ))),
+                    Err(_) => Err(SubmitError::StoreUnavailable),
+                }
+            }
+            Err(CommitError::UnknownIncident) => Err(SubmitError::Invalid(FieldErrors::from([(
+                "incident_id".to_owned(),
+                "no incident with this id".to_owned(),
+            )]))),
+            Err(CommitError::QueueFull | CommitError::ShuttingDown) => {
+                Err(SubmitError::Overloaded {
+                    retry_after: self.overload_retry_after,
+                })
+            }
+            Err(CommitError::StoreUnavailable) => Err(SubmitError::StoreUnavailable),
+            Err(CommitError::Store(e)) => Err(SubmitError::Internal(e.into())),
+        }
+    }
+
+    /// The row to write: personal data sealed, a fresh receipt, a time-ordered id.
+    fn seal(
+        &self,
+        report: ValidReport,
+        channel: Channel,
+        idempotency: Option<&(IdempotencyKey, [u8; 32])>,
+    ) -> ReportWrite {
+        let ValidReport {
+            incident_id,
+            provider,
+            service,
+            reporter_type,
+            harm_type,
+            occurred_at,
+            amount_krw,
+            title,
+            description,
+            reporter,
+            notify_sms,
+            notify_email,
+        } = report;
+        ReportWrite {
+            report: NewReport {
+                id: Uuid::now_v7(),
+                receipt: Receipt::generate(),
+                incident_id,
+                channel,
+                provider,
+                service,
+                reporter_type,
+                harm_type,
+                occurred_at,
+                amount_krw,
+                title,
+                description,
+                reporter_name: self.keys.seal(&reporter.name),
+                phone: reporter
+                    .phone
+                    .as_ref()
+                    .map(|p| self.keys.seal_contact(&p.e164())),
+                email: reporter
+                    .email
+                    .as_ref()
+                    .map(|e| self.keys.seal_contact(&e.normalised())),
+                notify_sms,
+                notify_email,
+                idempotency: idempotency.map(|(key, hash)| IdempotencyRecord {
+                    key: key.as_str().to_owned(),
+                    request_hash: *hash,
+                }),
+                // Millisecond precision: what is stored is exactly what was answered.
+                received_at: Utc::now().trunc_subsecs(3),
+            },
+            outbox: Vec::new(),
+        }
+    }
+}
+
+/// Submit a harm report. `201` comes only after the report is durably committed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/reports",
+    tag = "intake",
+    request_body(content = schema::ReportRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1..255 visible ASCII; the same key and body replay the first answer")),
+    responses(
+        (status = 201, description = "Committed; keep the receipt", body = schema::ReportAccepted),
+        (status = 400, description = "Malformed JSON or a bad Idempotency-Key", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "Invalid fields (each named by JSON path), or the \
+            Idempotency-Key was used with another body (`idempotency_mismatch`)", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Overloaded or storage unavailable; see Retry-After",
+            body = ErrorBody),
+    )
+)]
+pub(crate) async fn submit_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let value = read_json(&headers, body, MAX_REPORT_BYTES)
+        .await
+        .inspect_err(|_| reject("validation"))?;
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(raw) => Some(IdempotencyKey::parse(raw.as_bytes()).map_err(|e| {
+            reject("validation");
+            ApiError::BadRequest {
+                code: "invalid_idempotency_key",
+                message: e.to_string(),
+            }
+        })?),
+    };
+    let report = ValidReport::from_json(&value, Utc::now()).map_err(SubmitError::Invalid)?;
+    let idempotency = idempotency.map(|key| (key, idempotency::request_hash(&value)));
+    let accepted = state
+        .intake
+        .submit(report, Channel::Api, idempotency)
+        .await?;
+    Ok(accepted.into_response())
+}
+
+fn reject(reason: &'static str) {
+    metrics::counter!(names::REPORTS_REJECTED, "reason" => reason).increment(1);
+}
+
+/// Read a JSON body: `415` unless it is declared JSON, `413` beyond `limit`, `400` unless it
+/// parses.
+pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mime = content_type.split(';').next().unwrap_or_default().trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the report as Content-Type: application/json".into(),
+        ));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|e| body_error(&e, limit))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
+        code: "malformed_json",
+        message: format!("the body is not valid JSON: {e}"),
+    })
+}
+
+fn body_error(error: &axum::Error, limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ApiError::PayloadTooLarge { limit };
+        }
+        source = e.source();
+    }
+    ApiError::BadRequest {
+        code: "incomplete_body",
+        message: "the request body could not be read completely".into(),
+    }
+}

@@ -1,0 +1,617 @@
+//! `POST /api/v1/reports` and `POST /api/v1/reports/lookup` against the running service.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, ServiceProcess, TestApp, TestDb, sample_report};
+use crate::on_both_backends;
+
+impl TestApp {
+    pub async fn submit(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/reports"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn submit_with_key(&self, body: &Value, key: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/reports"))
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn lookup(&self, receipt: &str, contact: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/reports/lookup"))
+            .json(&json!({"receipt": receipt, "contact": contact}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn json_of(r: reqwest::Response) -> Value {
+    r.json().await.unwrap()
+}
+
+async fn a_valid_report_gets_a_receipt_only_once_stored(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let r = app.submit(&sample_report()).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body = json_of(r).await;
+    let receipt = body["receipt"].as_str().unwrap().to_owned();
+    assert_eq!(body["status"], "received");
+    assert!(body["incident_id"].is_null());
+    assert!(body["received_at"].as_str().unwrap().ends_with('Z'));
+    let shape = regex_like_receipt(&receipt);
+    assert!(shape, "receipt shape: {receipt}");
+
+    // Committed: the store has it, with personal data sealed.
+    let stored = app
+        .store
+        .find_report(&receipt.parse().unwrap())
+        .await
+        .unwrap()
+        .expect("stored");
+    assert!(stored.phone_hmac.is_some() && stored.email_hmac.is_some());
+    app.stop().await;
+}
+
+fn regex_like_receipt(r: &str) -> bool {
+    let groups: Vec<&str> = r.split('-').collect();
+    groups.len() == 5
+        && groups[0] == "HR"
+        && groups[1..]
+            .iter()
+            .all(|g| g.len() == 4 && g.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
+async fn every_accepted_phone_form_is_taken_and_found_again(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let forms = [
+        "010-1234-5678",
+        "01012345678",
+        "010 1234 5678",
+        "+82 10 1234 5678",
+        "+82-10-1234-5678",
+        "+821012345678",
+        "０１０－１２３４－５６７８",
+        "０１０１２３４５６７８",
+    ];
+    for form in forms {
+        let mut report = sample_report();
+        report["reporter"] = json!({"name": "김철수", "phone": form});
+        let r = app.submit(&report).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{form}");
+        let receipt = json_of(r).await["receipt"].as_str().unwrap().to_owned();
+        // Found again with any other form of the same number.
+        for other in ["01012345678", "+82 10-1234-5678"] {
+            let r = app.lookup(&receipt, other).await;
+            assert_eq!(r.status(), StatusCode::OK, "{form} looked up as {other}");
+        }
+    }
+    // A landline works for e-mail notifications but cannot receive SMS.
+    let mut report = sample_report();
+    report["reporter"] = json!({"name": "김철수", "phone": "02-123-4567"});
+    report["notify"] = json!({"sms": false});
+    assert_eq!(app.submit(&report).await.status(), StatusCode::CREATED);
+    report["notify"] = json!({"sms": true});
+    let r = app.submit(&report).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(json_of(r).await["fields"]["notify.sms"].is_string());
+    app.stop().await;
+}
+
+async fn client_mistakes_get_the_contract_codes_and_store_nothing(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let url = app.url("/api/v1/reports");
+
+    // 400: not JSON.
+    let r = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"provider\": \"Kakao\",")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body = json_of(r).await;
+    assert_eq!(body["error"], "malformed_json");
+    assert!(body["message"].as_str().unwrap().contains("JSON"));
+
+    // 415: not declared as JSON.
+    let r = app
+        .client
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(sample_report().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(json_of(r).await["error"], "unsupported_media_type");
+    let r = app
+        .client
+        .post(&url)
+        .body(sample_report().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // 413: over 64 KiB, declared or streamed.
+    let mut big = sample_report();
+    big["description"] = json!("가".repeat(30_000));
+    let r = app.submit(&big).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json_of(r).await["error"], "payload_too_large");
+    // Streamed without a length: refused once 64 KiB have arrived. The client sends a little
+    // more than the limit, then waits for the answer before finishing the body.
+    let answer = {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /api/v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Transfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        for _ in 0..65 {
+            stream.write_all(b"400\r\n").await.unwrap();
+            stream.write_all(&[b' '; 1024]).await.unwrap();
+            stream.write_all(b"\r\n").await.unwrap();
+        }
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // 422: each bad field named by its JSON path.
+    let r = app
+        .submit(&json!({
+            "provider": "",
+            "service": 7,
+            "reporter_type": "alien",
+            "harm_type": "service_unavailable",
+            "occurred_at": "2999-01-01T00:00:00+09:00",
+            "amount_krw": -5,
+            "description": "x",
+            "reporter": {"name": "홍길동", "phone": "12345", "email": "not-an-address", "age": 3},
+            "notify": {"sms": "yes"},
+            "consent": {"personal_info": false},
+            "colour": "blue"
+        }))
+        .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json_of(r).await;
+    assert_eq!(body["error"], "validation_failed");
+    let fields = body["fields"].as_object().unwrap();
+    for path in [
+        "provider",
+        "service",
+        "reporter_type",
+        "occurred_at",
+        "amount_krw",
+        "reporter.phone",
+        "reporter.email",
+        "reporter.age",
+        "notify.sms",
+        "consent.personal_info",
+        "colour",
+    ] {
+        assert!(fields.contains_key(path), "missing {path} in {body}");
+    }
+    assert!(!fields.contains_key("harm_type"), "{body}");
+
+    // No contact at all, no consent object, description too long, amount too big.
+    let mut report = sample_report();
+    report["reporter"] = json!({"name": "홍길동"});
+    report.as_object_mut().unwrap().remove("consent");
+    report["description"] = json!("a".repeat(5001));
+    report["amount_krw"] = json!(1_000_000_000_001_i64);
+    let r = app.submit(&report).await;
+    let body = json_of(r).await;
+    for path in ["reporter.phone", "consent", "description", "amount_krw"] {
+        assert!(
+            body["fields"].get(path).is_some(),
+            "missing {path} in {body}"
+        );
+    }
+
+    // A JSON value that is not an object.
+    let r = app.submit(&json!([1, 2])).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // An unknown incident.
+    let mut report = sample_report();
+    report["incident_id"] = json!(uuid::Uuid::now_v7());
+    let r = app.submit(&report).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(json_of(r).await["fields"]["incident_id"].is_string());
+
+    // A bad Idempotency-Key.
+    let r = app
+        .submit_with_key(&sample_report(), "has spaces in it")
+        .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(r).await["error"], "invalid_idempotency_key");
+
+    // Nothing of the above reached the store.
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("reliefline_reports_rejected_total"),
+        "{metrics}"
+    );
+    assert_eq!(count_reports(&app).await, 0);
+    app.stop().await;
+}
+
+async fn count_reports(app: &TestApp) -> i64 {
+    match app.store.backend() {
+        "sqlite" => {
+            let pool = sqlx::SqlitePool::connect(&app.db.url).await.unwrap();
+            sqlx::query_scalar("SELECT count(*) FROM reports")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+        _ => {
+            let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+            sqlx::query_scalar("SELECT count(*) FROM reports")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+async fn idempotent_replays_survive_a_restart(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let report = sample_report();
+    let first = json_of(app.submit_with_key(&report, "retry-me-1").await).await;
+    let again = app.submit_with_key(&report, "retry-me-1").await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(json_of(again).await, first);
+
+    // Same key, different body.
+    let mut other = report.clone();
+    other["amount_krw"] = json!(1);
+    let r = app.submit_with_key(&other, "retry-me-1").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(json_of(r).await["error"], "idempotency_mismatch");
+
+    // After a restart the memory is gone; the store still knows.
+    let db = app.stop().await;
+    let app = TestApp::spawn_with(db, |_| {}).await;
+    // Key order and whitespace do not make a different request.
+    let reordered = report
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(k, v)| format!("\n  \"{k}\" : {v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let r = app
+        .client
+        .post(app.url("/api/v1/reports"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("idempotency-key", "retry-me-1")
+        .body(format!("{{{reordered}\n}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(json_of(r).await, first);
+    let r = app.submit_with_key(&other, "retry-me-1").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(count_reports(&app).await, 1);
+    app.stop().await;
+}
+
+async fn concurrent_retries_with_one_key_store_one_report(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let report = sample_report();
+    let answers =
+        futures::future::join_all((0..16).map(|_| app.submit_with_key(&report, "double-click")))
+            .await;
+    let mut receipts = HashSet::new();
+    for r in answers {
+        assert_eq!(r.status(), StatusCode::CREATED);
+        receipts.insert(json_of(r).await["receipt"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(count_reports(&app).await, 1);
+    app.stop().await;
+}
+
+async fn lookup_shows_status_and_cannot_tell_unknown_from_wrong(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let body = json_of(app.submit(&sample_report()).await).await;
+    let receipt = body["receipt"].as_str().unwrap().to_owned();
+
+    for contact in ["010-1234-5678", "HONG@example.kr", " hong@EXAMPLE.KR "] {
+        let r = app.lookup(&receipt, contact).await;
+        assert_eq!(r.status(), StatusCode::OK, "{contact}");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let found = json_of(r).await;
+        assert_eq!(found["receipt"], receipt.as_str());
+        assert_eq!(found["status"], "received");
+        assert_eq!(found["history"][0]["status"], "received");
+        assert!(found["result"].is_null());
+        assert!(
+            found.get("reporter").is_none(),
+            "no personal data back: {found}"
+        );
+    }
+    // Lower case and no dashes: still the receipt.
+    let typed = receipt.to_lowercase().replace('-', "");
+    assert_eq!(
+        app.lookup(&typed, "01012345678").await.status(),
+        StatusCode::OK
+    );
+
+    let wrong_contact = app.lookup(&receipt, "010-9999-0000").await;
+    let unknown_receipt = app.lookup("HR-0000-0000-0000-0000", "010-1234-5678").await;
+    assert_eq!(wrong_contact.status(), StatusCode::NOT_FOUND);
+    assert_eq!(unknown_receipt.status(), StatusCode::NOT_FOUND);
+    let a = wrong_contact.text().await.unwrap();
+    let b = unknown_receipt.text().await.unwrap();
+    assert_eq!(a, b, "identical bodies");
+    assert_eq!(
+        serde_json::from_str::<Value>(&a).unwrap()["error"],
+        "not_found"
+    );
+
+    // Malformed input is a 422 naming the field, not a 404.
+    let r = app.lookup("not a receipt", "010-1234-5678").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(json_of(r).await["fields"]["receipt"].is_string());
+    let r = app.lookup(&receipt, "nobody").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(json_of(r).await["fields"]["contact"].is_string());
+    app.stop().await;
+}
+
+async fn a_full_queue_answers_503_at_once_and_loses_nothing(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = TestApp::spawn_with(db.into(), |c| {
+        c.intake.queue_capacity = 2;
+        c.intake.batch_max = 1;
+        c.intake.batch_wait_ms = 0;
+        c.intake.postgres_writers = 1;
+        c.database.busy_timeout_ms = 60_000;
+    })
+    .await;
+    // Hold the write lock from outside so the writer is stuck on its first batch.
+    let lock = WriteLock::take(&app).await;
+    let submits: Vec<_> = (0..8)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = app.url("/api/v1/reports");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&sample_report())
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    // The excess is refused at once; wait (bounded) until four answers are in.
+    for _ in 0..250 {
+        if submits.iter().filter(|t| t.is_finished()).count() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (done, pending): (Vec<_>, Vec<_>) = submits.into_iter().partition(|t| t.is_finished());
+    let mut refused = Vec::new();
+    for task in done {
+        refused.push(task.await.unwrap());
+    }
+    // Held: one committing, one batch formed and waiting for the writer, two queued; the
+    // other four were refused without waiting.
+    assert_eq!(pending.len(), 4, "held: {}", pending.len());
+    for r in refused {
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(json_of(r).await["error"], "overloaded");
+    }
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().await.unwrap().contains("intake_saturated"));
+
+    lock.release().await;
+    for task in pending {
+        assert_eq!(task.await.unwrap().status(), StatusCode::CREATED);
+    }
+    assert_eq!(count_reports(&app).await, 4);
+    app.stop().await;
+}
+
+/// An outside transaction that blocks report inserts until released.
+enum WriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriteLock {
+    async fn take(app: &TestApp) -> Self {
+        use sqlx::Connection as _;
+        match app.store.backend() {
+            "sqlite" => {
+                let mut conn = sqlx::SqliteConnection::connect(&app.db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                Self::Sqlite(conn)
+            }
+            _ => {
+                let mut conn = sqlx::PgConnection::connect(&app.db.url).await.unwrap();
+                sqlx::raw_sql("BEGIN; LOCK TABLE reports IN EXCLUSIVE MODE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                Self::Postgres(conn)
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Self::Sqlite(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+            Self::Postgres(mut c) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();
+            }
+        }
+    }
+}
+
+async fn a_killed_process_keeps_every_acknowledged_report(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let service = ServiceProcess::start(&db, &[]);
+    let client = reqwest::Client::new();
+    let url = service.url("/api/v1/reports");
+    let stop = tokio_util::sync::CancellationToken::new();
+    // 16 clients submit as fast as they can; each keeps the receipts it was given.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut receipts = Vec::new();
+                while !stop.is_cancelled() {
+                    let Ok(r) = client.post(&url).json(&sample_report()).send().await else {
+                        break;
+                    };
+                    if r.status() != StatusCode::CREATED {
+                        continue;
+                    }
+                    let Ok(body) = r.json::<Value>().await else {
+                        break;
+                    };
+                    receipts.push(body["receipt"].as_str().unwrap().to_owned());
+                }
+                receipts
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    service.kill();
+    stop.cancel();
+    let mut acknowledged = Vec::new();
+    for c in clients {
+        acknowledged.extend(c.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 10,
+        "the load ran: {}",
+        acknowledged.len()
+    );
+
+    let app = TestApp::spawn_with(db.into(), |_| {}).await;
+    for receipt in &acknowledged {
+        let found = app
+            .store
+            .find_report(&receipt.parse().unwrap())
+            .await
+            .unwrap();
+        assert!(found.is_some(), "an acknowledged report was lost");
+    }
+    app.stop().await;
+}
+
+async fn sigterm_answers_requests_in_flight(backend: Backend) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let service = ServiceProcess::start(&db, &[]);
+    let body = sample_report().to_string();
+    let (head, tail) = body.as_bytes().split_at(body.len() / 2);
+    // A request whose head and half its body are sent: it is in flight when SIGTERM arrives.
+    let mut stream = tokio::net::TcpStream::connect(service.addr).await.unwrap();
+    let request = format!(
+        "POST /api/v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let terminated = std::thread::spawn(move || service.terminate());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(tail).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered before the grace period")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let (status, output) = terminated.join().unwrap();
+    assert!(status.success(), "clean exit: {status:?}\n{output}");
+    assert!(output.contains("drained"), "{output}");
+
+    let receipt: Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("{}")).unwrap_or_default();
+    let app = TestApp::spawn_with(db.into(), |_| {}).await;
+    let receipt = receipt["receipt"].as_str().expect("receipt in the answer");
+    assert!(
+        app.store
+            .find_report(&receipt.parse().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    app.stop().await;
+}
+
+on_both_backends!(
+    a_valid_report_gets_a_receipt_only_once_stored,
+    every_accepted_phone_form_is_taken_and_found_again,
+    client_mistakes_get_the_contract_codes_and_store_nothing,
+    idempotent_replays_survive_a_restart,
+    concurrent_retries_with_one_key_store_one_report,
+    lookup_shows_status_and_cannot_tell_unknown_from_wrong,
+    a_full_queue_answers_503_at_once_and_loses_nothing,
+    a_killed_process_keeps_every_acknowledged_report,
+    sigterm_answers_requests_in_flight,
+);
