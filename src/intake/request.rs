@@ -358,3 +358,114 @@ impl<'a> Fields<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+    use serde_json::json;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2022, 10, 16, 0, 0, 0).unwrap()
+    }
+
+    fn valid() -> Value {
+        json!({
+            "provider": " Kakao ",
+            "service": "KakaoTalk",
+            "reporter_type": "paid_user",
+            "harm_type": "paid_service_loss",
+            "occurred_at": "2022-10-15T15:30:00+09:00",
+            "description": "이모티콘 구독이 중단되었습니다.",
+            "reporter": {"name": "홍길동", "email": "Hong@Example.kr"},
+            "notify": {"email": true},
+            "consent": {"personal_info": true}
+        })
+    }
+
+    fn errors_of(body: &Value) -> FieldErrors {
+        ValidReport::from_json(body, now()).unwrap_err()
+    }
+
+    #[test]
+    fn a_valid_report_is_trimmed_and_typed() {
+        let r = ValidReport::from_json(&valid(), now()).unwrap();
+        assert_eq!(r.provider, "Kakao");
+        assert_eq!(r.reporter_type, ReporterType::PaidUser);
+        assert_eq!(r.harm_type, HarmType::PaidServiceLoss);
+        assert_eq!(
+            r.occurred_at,
+            Some(Utc.with_ymd_and_hms(2022, 10, 15, 6, 30, 0).unwrap())
+        );
+        assert!(r.notify_email && !r.notify_sms);
+        assert!(r.reporter.phone.is_none());
+        assert_eq!(r.reporter.email.unwrap().normalised(), "hong@example.kr");
+    }
+
+    #[test]
+    fn the_future_starts_after_a_little_clock_skew() {
+        let mut body = valid();
+        body["occurred_at"] = json!("2022-10-16T09:04:00+09:00");
+        assert!(ValidReport::from_json(&body, now()).is_ok());
+        body["occurred_at"] = json!("2022-10-16T09:06:00+09:00");
+        assert_eq!(errors_of(&body)["occurred_at"], "must not be in the future");
+        body["occurred_at"] = json!("yesterday");
+        assert!(errors_of(&body)["occurred_at"].contains("RFC 3339"));
+    }
+
+    #[test]
+    fn notification_channels_need_their_contact() {
+        let mut body = valid();
+        body["notify"] = json!({"sms": true, "email": true});
+        let e = errors_of(&body);
+        assert_eq!(e["notify.sms"], "SMS needs reporter.phone");
+        assert!(!e.contains_key("notify.email"));
+
+        body["reporter"] = json!({"name": "홍길동", "phone": "010-1234-5678"});
+        let e = errors_of(&body);
+        assert_eq!(e["notify.email"], "e-mail needs reporter.email");
+        assert!(!e.contains_key("notify.sms"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = errors_of(&json!({
+            "provider": "K\u{0007}akao",
+            "reporter_type": "alien",
+            "title": "t".repeat(201),
+            "amount_krw": 1.5,
+            "reporter": "홍길동",
+            "notify": true,
+            "consent": {"personal_info": "yes"}
+        }));
+        assert_eq!(e["provider"], "must not contain control characters");
+        assert_eq!(e["service"], "required");
+        assert!(e["reporter_type"].starts_with("must be one of: individual, paid_user"));
+        assert_eq!(e["harm_type"], "required");
+        assert_eq!(e["title"], "must be at most 200 characters");
+        assert!(e["amount_krw"].contains("whole number"));
+        assert_eq!(e["description"], "required");
+        assert_eq!(e["reporter"], "must be an object");
+        assert_eq!(e["notify"], "must be an object");
+        assert_eq!(e["consent.personal_info"], "must be true or false");
+    }
+
+    #[test]
+    fn lengths_count_characters_not_bytes() {
+        let mut body = valid();
+        body["description"] = json!("가".repeat(5000));
+        assert!(ValidReport::from_json(&body, now()).is_ok());
+        body["description"] = json!("가".repeat(5001));
+        assert!(errors_of(&body).contains_key("description"));
+        body["description"] = json!("   \n  ");
+        assert_eq!(errors_of(&body)["description"], "required");
+    }
+
+    #[test]
+    fn blank_optional_contacts_count_as_absent() {
+        let mut body = valid();
+        body["reporter"] = json!({"name": "홍길동", "phone": "  ", "email": null});
+        assert!(errors_of(&body)["reporter.phone"].starts_with("give a phone number"));
+    }
+}
