@@ -1,8 +1,12 @@
 //! Domain types that parse once: a value of one of these types is known valid, so code past
 //! the boundary never re-checks it.
 
+mod email;
+mod phone;
 mod receipt;
 
+pub use email::{EmailAddress, InvalidEmail};
+pub use phone::{InvalidPhone, PhoneNumber};
 pub use receipt::Receipt;
 
 use serde::{Deserialize, Serialize};
