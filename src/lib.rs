@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod domain;
 pub mod http;
 pub mod intake;
+pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
 

@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::crypto::Keys;
+use crate::ratelimit::RateLimitConfig;
 
 /// The commented defaults shipped inside the binary.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -31,6 +32,7 @@ pub struct Config {
     pub intake: IntakeConfig,
     pub security: SecurityConfig,
     pub log: LogConfig,
+    pub rate_limits: RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +282,9 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &format!("not a valid filter ({e})"));
         }
+        self.rate_limits
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP surface: each area owns a `router()`; this module merges them and adds the layers
 //! every request passes through.
 
+pub mod client_ip;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
