@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::crypto::Keys;
 use crate::http::server::{self, ServeOptions};
 use crate::intake::{Batcher, BatcherOptions, Intake};
+use crate::ratelimit::Limiters;
 use crate::store::{self, DynStore};
 
 /// What every handler can reach. Cheap to clone.
@@ -24,6 +25,7 @@ pub struct AppState {
     pub store: DynStore,
     pub keys: Arc<Keys>,
     pub intake: Intake,
+    pub limiters: Limiters,
 }
 
 impl AppState {
@@ -93,11 +95,14 @@ impl App {
             Arc::clone(&store),
             Arc::clone(&keys),
         );
+        let limiters = Limiters::new(&config.rate_limits)?;
+        background.spawn(limiters.clone().run_pruner(background_shutdown.clone()));
         let state = AppState {
             config: Arc::new(config),
             store,
             keys,
             intake,
+            limiters,
         };
         Ok(Self {
             state,

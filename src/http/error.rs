@@ -124,6 +124,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::ratelimit::RetryAfter> for ApiError {
+    fn from(wait: crate::ratelimit::RetryAfter) -> Self {
+        Self::RateLimited {
+            retry_after: wait.0,
+        }
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         Self::Internal(e)

@@ -19,6 +19,7 @@ use crate::app::AppState;
 use crate::crypto::hashes_equal;
 use crate::domain::{EmailAddress, PhoneNumber, Receipt, ReportStatus};
 use crate::http::ApiError;
+use crate::http::client_ip::Client;
 use crate::http::error::ErrorBody;
 use crate::store::StoredReport;
 
@@ -108,11 +109,15 @@ fn parse_request(body: &Value) -> Result<(Receipt, Contact), FieldErrors> {
 )]
 pub(crate) async fn lookup_report(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    state.limiters.check_lookup_ip(&client)?;
     let value = read_json(&headers, body, MAX_LOOKUP_BYTES).await?;
     let (receipt, contact) = parse_request(&value).map_err(ApiError::Validation)?;
+    // Per receipt, whoever asks: guessing the contact of a known receipt is not possible.
+    state.limiters.check_lookup_receipt(&receipt)?;
     let given = state.keys.hash(&contact.normalised());
     let report = state.store.find_report(&receipt).await?;
     // Compare against both stored hashes, or against a dummy when there is no report, so

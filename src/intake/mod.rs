@@ -33,6 +33,7 @@ use crate::config::IntakeConfig;
 use crate::crypto::Keys;
 use crate::domain::{Channel, Receipt};
 use crate::http::ApiError;
+use crate::http::client_ip::Client;
 use crate::http::error::ErrorBody;
 use crate::store::{DynStore, IdempotencyRecord, NewReport, ReportWrite};
 use crate::telemetry::names;
@@ -292,9 +293,16 @@ impl Intake {
 )]
 pub(crate) async fn submit_report(
     State(state): State<AppState>,
+    Client(client): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // Refuse before reading the body: a refusal must stay cheap under a flood.
+    state
+        .limiters
+        .check_report_ip(&client)
+        .and_then(|()| state.limiters.check_admission())
+        .inspect_err(|_| reject("rate_limited"))?;
     let value = read_json(&headers, body, MAX_REPORT_BYTES)
         .await
         .inspect_err(|_| reject("validation"))?;

@@ -13,4 +13,5 @@ mod helpers;
 mod cli;
 mod intake;
 mod ops;
+mod rate_limits;
 mod store_contract;
