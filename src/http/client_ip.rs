@@ -182,6 +182,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Extractor: the [`ClientKey`] of the request, from the socket peer and trusted proxies.
+pub struct Client(pub ClientKey);
+
+impl axum::extract::FromRequestParts<crate::app::AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &crate::app::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        // The accept loop always records the peer; a request built in-process has none.
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |c| c.0);
+        Ok(Self(client_key(
+            peer,
+            &parts.headers,
+            &state.config.rate_limits.trusted_proxies,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,28 +363,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`nope`"), "{err}");
-    }
-}
-
-/// Extractor: the [`ClientKey`] of the request, from the socket peer and trusted proxies.
-pub struct Client(pub ClientKey);
-
-impl axum::extract::FromRequestParts<crate::app::AppState> for Client {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &crate::app::AppState,
-    ) -> Result<Self, Self::Rejection> {
-        // The accept loop always records the peer; a request built in-process has none.
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |c| c.0);
-        Ok(Self(client_key(
-            peer,
-            &parts.headers,
-            &state.config.rate_limits.trusted_proxies,
-        )))
     }
 }
