@@ -604,7 +604,61 @@ async fn sigterm_answers_requests_in_flight(backend: Backend) {
     app.stop().await;
 }
 
+async fn intake_reports_its_catalogue_metrics(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let report = sample_report();
+    futures::future::join_all((0..20).map(|_| app.submit(&report))).await;
+    app.submit_with_key(&sample_report(), "metrics-key").await;
+    app.submit_with_key(&sample_report(), "metrics-key").await;
+    let text = app.metrics_text().await;
+    for series in [
+        r#"reliefline_reports_accepted_total{channel="api"}"#,
+        "reliefline_intake_queue_depth",
+        "reliefline_intake_batch_size_bucket",
+        "reliefline_intake_commit_duration_seconds_bucket",
+        r#"reliefline_cache_requests_total{cache="idempotency",result="hit"}"#,
+        r#"reliefline_cache_requests_total{cache="idempotency",result="miss"}"#,
+        r#"reliefline_http_requests_total{route="/api/v1/reports",method="POST",status="201"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    assert!(!text.contains("HR-"), "receipts never appear in metrics");
+    app.stop().await;
+}
+
+async fn the_openapi_document_describes_the_routes(backend: Backend) {
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let r = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc = json_of(r).await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/reports",
+        "/api/v1/reports/lookup",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    let submit = &doc["paths"]["/api/v1/reports"]["post"]["responses"];
+    for status in ["201", "400", "413", "415", "422", "429", "503"] {
+        assert!(submit.get(status).is_some(), "{status} documented");
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
+    intake_reports_its_catalogue_metrics,
+    the_openapi_document_describes_the_routes,
     a_valid_report_gets_a_receipt_only_once_stored,
     every_accepted_phone_form_is_taken_and_found_again,
     client_mistakes_get_the_contract_codes_and_store_nothing,
