@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::crypto::Keys;
 use crate::http::server::{self, ServeOptions};
+use crate::incident::{Clock, Incidents, Mode, ModeHandle, SurgeDetector};
 use crate::intake::{Batcher, BatcherOptions, Intake};
-use crate::ratelimit::Limiters;
+use crate::ratelimit::{Limiters, Profile};
 use crate::store::{self, DynStore};
 
 /// What every handler can reach. Cheap to clone.
@@ -26,6 +27,14 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub intake: Intake,
     pub limiters: Limiters,
+    /// Where incident logic (and anything else that must be testable in time) reads the time.
+    pub clock: Clock,
+    /// `normal` or `incident`; read it on each use, or subscribe to switches.
+    pub mode: ModeHandle,
+    /// Intake reports accepted reports here (`record_accepted`) for surge detection.
+    pub surge: SurgeDetector,
+    /// Incident commands, cached public reads and the incident-mode evaluation.
+    pub incidents: Arc<Incidents>,
 }
 
 impl AppState {
@@ -55,6 +64,11 @@ impl App {
     /// Open the store (migrating it if configured), derive keys, bind the listeners. Port 0
     /// binds a free port; [`App::local_addr`] tells which.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Clock::System).await
+    }
+
+    /// As [`App::build`], reading the time from `clock` (tests pass a manual clock).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let keys = config.security.keys()?;
         let store = store::connect(&config.database).await?;
         if config.database.migrate_on_start {
@@ -73,10 +87,12 @@ impl App {
         let background = TaskTracker::new();
         let background_shutdown = CancellationToken::new();
         let keys = Arc::new(keys);
+        let incidents = Arc::new(Incidents::new(store.clone(), clock.clone(), &config));
         let writers = match store.backend() {
             "sqlite" => 1,
             _ => config.intake.postgres_writers,
         };
+        let surge = incidents.surge().clone();
         let batcher = Batcher::start(
             Arc::clone(&store),
             BatcherOptions {
@@ -85,7 +101,7 @@ impl App {
                 batch_wait: std::time::Duration::from_millis(config.intake.batch_wait_ms),
                 writers,
             },
-            None,
+            Some(Arc::new(move |n| surge.record_accepted(n as u64))),
             &background,
             background_shutdown.clone(),
         );
@@ -103,6 +119,10 @@ impl App {
             keys,
             intake,
             limiters,
+            clock,
+            mode: incidents.mode().clone(),
+            surge: incidents.surge().clone(),
+            incidents,
         };
         Ok(Self {
             state,
@@ -144,6 +164,12 @@ impl App {
             max_connections: http.max_connections,
             grace: http.shutdown_grace(),
         };
+        background.spawn(Arc::clone(&state.incidents).run(background_shutdown.child_token()));
+        background.spawn(follow_mode(
+            state.clone(),
+            background_shutdown.child_token(),
+        ));
+
         let stop_http = CancellationToken::new();
         let public = tokio::spawn(server::serve(
             listener,
@@ -175,6 +201,32 @@ impl App {
         state.store.close().await;
         tracing::info!(drained, "stopped");
         Ok(())
+    }
+}
+
+/// Carry every switch of the incident mode to the parts that do not read it on each use: the
+/// rate-limit profile and how long the intake batcher waits for company. (Read caches and the
+/// report form read the mode themselves.)
+async fn follow_mode(state: AppState, shutdown: CancellationToken) {
+    let mut changes = state.mode.subscribe();
+    loop {
+        let mode = *changes.borrow_and_update();
+        let (profile, wait_ms) = match mode {
+            Mode::Normal => (Profile::Normal, state.config.intake.batch_wait_ms),
+            Mode::Incident => (
+                Profile::Incident,
+                state.config.intake.incident_batch_wait_ms,
+            ),
+        };
+        state.limiters.set_profile(profile);
+        state
+            .intake
+            .batcher()
+            .set_batch_wait(std::time::Duration::from_millis(wait_ms));
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            () = shutdown.cancelled() => break,
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod incident;
 pub mod intake;
 pub mod ratelimit;
 pub mod store;

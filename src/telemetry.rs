@@ -3,7 +3,10 @@
 //! Metric names are part of the contract with dashboards and alert rules (DESIGN.md, "Metrics
 //! catalogue"); they are declared once here so a typo cannot create a second series.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
@@ -29,6 +32,8 @@ pub mod names {
     pub const OUTBOX_PENDING: &str = "reliefline_outbox_pending";
     pub const OUTBOX_OLDEST_PENDING: &str = "reliefline_outbox_oldest_pending_seconds";
     pub const NOTIFICATION_SEND_DURATION: &str = "reliefline_notification_send_duration_seconds";
+    pub const INCIDENT_NOTICE_DEADLINE: &str = "reliefline_incident_notice_deadline_seconds";
+    pub const SURGE_RATE: &str = "reliefline_surge_rate_per_minute";
 }
 
 /// Latency buckets in seconds: fine below 100 ms, where a surge-ready intake must stay.
@@ -115,6 +120,10 @@ fn describe_metrics() {
     describe_counter!(CACHE_REQUESTS, "Cache look-ups, by result");
     describe_gauge!(INCIDENT_MODE, "1 while in incident mode, 0 otherwise");
     describe_gauge!(INCIDENTS_OPEN, "Incidents not yet resolved");
+    describe_gauge!(
+        SURGE_RATE,
+        "Accepted reports per minute over the surge detection window"
+    );
     describe_counter!(
         NOTIFICATIONS,
         "Notification attempts, by channel and outcome"
@@ -130,4 +139,108 @@ fn describe_metrics() {
         Unit::Seconds,
         "Duration of one gateway send"
     );
+}
+
+/// The `/metrics` exposition: everything the recorder holds, then the [`OwnedGauge`] families.
+pub fn render() -> String {
+    let mut text = metrics_handle().render();
+    let owned = owned_families()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut names: Vec<&'static str> = owned.keys().map(|(name, _)| *name).collect();
+    names.dedup();
+    for name in names {
+        let mut members = owned.range((name, 0)..=(name, u64::MAX)).map(|(_, f)| f);
+        let Some(first) = members.next() else {
+            continue;
+        };
+        let _ = writeln!(text, "# HELP {name} {}", first.help);
+        let _ = writeln!(text, "# TYPE {name} gauge");
+        for family in std::iter::once(first).chain(members) {
+            for (labels, value) in &family.samples {
+                let _ = writeln!(text, "{name}{{{labels}}} {value}");
+            }
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// A gauge family whose series must disappear when what they measure ends (a closed notice
+/// clock): the recorder cannot forget a series, so the owner publishes its complete current set
+/// and [`render`] writes it. Dropping the owner removes its series.
+#[derive(Debug)]
+pub struct OwnedGauge {
+    name: &'static str,
+    help: &'static str,
+    owner: u64,
+}
+
+struct OwnedFamily {
+    help: &'static str,
+    /// Rendered label sets (`a="x",b="y"`) and values.
+    samples: Vec<(String, f64)>,
+}
+
+type OwnedFamilies = Mutex<BTreeMap<(&'static str, u64), OwnedFamily>>;
+
+fn owned_families() -> &'static OwnedFamilies {
+    static FAMILIES: OnceLock<OwnedFamilies> = OnceLock::new();
+    FAMILIES.get_or_init(Default::default)
+}
+
+impl OwnedGauge {
+    pub fn new(name: &'static str, help: &'static str) -> Self {
+        static NEXT_OWNER: AtomicU64 = AtomicU64::new(0);
+        Self {
+            name,
+            help,
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Replace this owner's series with `samples`: (labels, value) pairs.
+    pub fn publish<I, L>(&self, samples: I)
+    where
+        I: IntoIterator<Item = (L, f64)>,
+        L: IntoIterator<Item = (&'static str, String)>,
+    {
+        let samples = samples
+            .into_iter()
+            .map(|(labels, value)| {
+                let labels = labels
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape_label(&v)))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (labels, value)
+            })
+            .collect();
+        owned_families()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (self.name, self.owner),
+                OwnedFamily {
+                    help: self.help,
+                    samples,
+                },
+            );
+    }
+}
+
+impl Drop for OwnedGauge {
+    fn drop(&mut self) {
+        owned_families()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(self.name, self.owner));
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

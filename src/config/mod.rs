@@ -31,6 +31,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub intake: IntakeConfig,
     pub security: SecurityConfig,
+    pub admin: AdminConfig,
+    pub incident: IncidentConfig,
     pub log: LogConfig,
     pub rate_limits: RateLimitConfig,
 }
@@ -174,6 +176,56 @@ impl SecurityConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for incident commands until staff accounts exist. Empty disables them.
+    pub token: SecretString,
+}
+
+impl AdminConfig {
+    /// The token, or `None` when commands are disabled.
+    pub fn token(&self) -> Option<&str> {
+        Some(self.token.expose_secret().trim()).filter(|t| !t.is_empty())
+    }
+}
+
+/// Shortest `admin.token` accepted: a guessable token would hand out the commander's powers.
+pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentConfig {
+    /// Accepted reports per minute above which a surge is suspected; 0 turns detection off.
+    pub surge_threshold_per_minute: u32,
+    pub surge_window_secs: u64,
+    pub hold_down_secs: u64,
+    pub evaluate_interval_ms: u64,
+    pub read_cache_ttl_ms: u64,
+    pub read_cache_ttl_incident_ms: u64,
+}
+
+impl IncidentConfig {
+    pub fn surge_window(&self) -> Duration {
+        Duration::from_secs(self.surge_window_secs)
+    }
+    pub fn hold_down(&self) -> Duration {
+        Duration::from_secs(self.hold_down_secs)
+    }
+    pub fn evaluate_interval(&self) -> Duration {
+        Duration::from_millis(self.evaluate_interval_ms)
+    }
+    pub fn read_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.read_cache_ttl_ms)
+    }
+    pub fn read_cache_ttl_incident(&self) -> Duration {
+        Duration::from_millis(self.read_cache_ttl_incident_ms)
+    }
+}
+
+/// Longest surge window: the detector keeps one counter per second of it.
+pub const MAX_SURGE_WINDOW_SECS: u64 = 3600;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
@@ -279,12 +331,52 @@ impl Config {
         if let (false, Err(why)) = (master_key.is_empty(), Keys::from_hex(master_key)) {
             return bad("security.master_key", &why);
         }
+        if self
+            .admin
+            .token()
+            .is_some_and(|t| t.chars().count() < ADMIN_TOKEN_MIN_LEN)
+        {
+            return bad(
+                "admin.token",
+                &format!(
+                    "must be at least {ADMIN_TOKEN_MIN_LEN} characters (or empty to disable \
+                     incident commands)"
+                ),
+            );
+        }
+        self.validate_incident()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad("log.level", &format!("not a valid filter ({e})"));
         }
         self.rate_limits
             .validate()
             .map_err(|e| ConfigError(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_incident(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("incident.{key}: {why}")));
+        let i = &self.incident;
+        if !(10..=MAX_SURGE_WINDOW_SECS).contains(&i.surge_window_secs) {
+            return bad(
+                "surge_window_secs",
+                format!("must be between 10 and {MAX_SURGE_WINDOW_SECS}"),
+            );
+        }
+        if i.evaluate_interval_ms == 0 {
+            return bad("evaluate_interval_ms", "must be greater than 0".into());
+        }
+        if i.read_cache_ttl_ms == 0 {
+            return bad("read_cache_ttl_ms", "must be greater than 0".into());
+        }
+        if i.read_cache_ttl_incident_ms < i.read_cache_ttl_ms {
+            return bad(
+                "read_cache_ttl_incident_ms",
+                "must be at least incident.read_cache_ttl_ms".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -443,6 +535,22 @@ mod tests {
             ),
             ("RELIEFLINE_LOG__FORMAT", "xml", "log.format"),
             ("RELIEFLINE_METRICS__LISTEN", "9184", "metrics.listen"),
+            ("RELIEFLINE_ADMIN__TOKEN", "short", "admin.token"),
+            (
+                "RELIEFLINE_INCIDENT__SURGE_WINDOW_SECS",
+                "5",
+                "incident.surge_window_secs",
+            ),
+            (
+                "RELIEFLINE_INCIDENT__READ_CACHE_TTL_INCIDENT_MS",
+                "1",
+                "incident.read_cache_ttl_incident_ms",
+            ),
+            (
+                "RELIEFLINE_INCIDENT__EVALUATE_INTERVAL_MS",
+                "0",
+                "incident.evaluate_interval_ms",
+            ),
         ] {
             figment::Jail::expect_with(|jail| {
                 jail.set_env(var, value);
@@ -451,6 +559,19 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    #[test]
+    fn the_admin_token_is_optional_and_never_shown() {
+        let config = Config::defaults().unwrap();
+        assert_eq!(config.admin.token(), None);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RELIEFLINE_ADMIN__TOKEN", "a-long-enough-commander-token");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.admin.token(), Some("a-long-enough-commander-token"));
+            assert!(!format!("{config:?}").contains("commander-token"));
+            Ok(())
+        });
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod client_ip;
 pub mod error;
+pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -11,7 +12,7 @@ pub mod server;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -35,7 +36,8 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .merge(ops::router())
         .merge(openapi::router())
-        .merge(crate::intake::router());
+        .merge(crate::intake::router())
+        .merge(crate::incident::api::router());
     if state.config.metrics.listen.is_none() {
         routes = routes.merge(ops::metrics_router());
     }
@@ -59,7 +61,7 @@ pub fn router(state: AppState) -> Router {
                     state.clone(),
                     request_timeout,
                 ))
-                .layer(DefaultBodyLimit::max(state.config.http.max_body_bytes)),
+                .layer(json::limit(state.config.http.max_body_bytes)),
         )
         .with_state(state)
 }

@@ -73,7 +73,7 @@ pub async fn metrics() -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::telemetry::metrics_handle().render(),
+        crate::telemetry::render(),
     )
 }
 

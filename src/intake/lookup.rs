@@ -21,6 +21,7 @@ use crate::domain::{EmailAddress, PhoneNumber, Receipt, ReportStatus};
 use crate::http::ApiError;
 use crate::http::client_ip::Client;
 use crate::http::error::ErrorBody;
+use crate::incident::views::IncidentView;
 use crate::store::StoredReport;
 
 const MAX_LOOKUP_BYTES: usize = 4 * 1024;
@@ -33,7 +34,8 @@ struct LookupBody {
     history: Vec<HistoryItem>,
     /// The result of consultation, once there is one.
     result: Option<Value>,
-    incident: Option<IncidentRef>,
+    /// The incident the report belongs to, as the public sees it.
+    incident: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -41,11 +43,6 @@ struct HistoryItem {
     status: ReportStatus,
     at: String,
     note: Option<String>,
-}
-
-#[derive(Serialize)]
-struct IncidentRef {
-    id: Uuid,
 }
 
 /// The contact a reporter gave, normalised the way it was hashed at submission.
@@ -133,12 +130,24 @@ pub(crate) async fn lookup_report(
     let email_matches = hashes_equal(&given, email);
     let matches = phone_matches | email_matches;
     match report {
-        Some(report) if matches => Ok(found(report)),
+        Some(report) if matches => {
+            let incident = match report.incident_id {
+                Some(id) => incident_summary(&state, id).await,
+                None => None,
+            };
+            Ok(found(report, incident))
+        }
         _ => Err(ApiError::NotFound),
     }
 }
 
-fn found(report: StoredReport) -> Response {
+/// The public summary of the incident a report belongs to, from the incident cache.
+async fn incident_summary(state: &AppState, id: Uuid) -> Option<Value> {
+    let detail = state.incidents.detail(id).await.ok()?;
+    serde_json::to_value(IncidentView::summary(&detail.record.incident)).ok()
+}
+
+fn found(report: StoredReport, incident: Option<Value>) -> Response {
     let body = LookupBody {
         receipt: report.receipt,
         status: report.status,
@@ -152,7 +161,7 @@ fn found(report: StoredReport) -> Response {
             })
             .collect(),
         result: None,
-        incident: report.incident_id.map(|id| IncidentRef { id }),
+        incident,
     };
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }

@@ -8,6 +8,7 @@
 //! milliseconds, ids as UUIDv7.
 
 mod audit;
+mod incidents;
 mod outbox;
 mod postgres;
 mod reports;
@@ -20,6 +21,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 
 pub use audit::{AuditEntry, AuditStore};
+pub use incidents::{
+    Confirmation, Incident, IncidentRecord, IncidentStore, IncidentUpdate, NewIncident,
+    NewIncidentUpdate, Transition,
+};
 pub use outbox::{MessageChannel, NewMessage};
 pub use postgres::PgStore;
 pub use reports::{
@@ -104,7 +109,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything Reliefline asks of its database: one trait per capability, plus the lifecycle.
 #[async_trait]
-pub trait Store: ReportStore + AuditStore + Send + Sync + 'static {
+pub trait Store: ReportStore + AuditStore + IncidentStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 

@@ -143,6 +143,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub store: DynStore,
+    /// The running service's shared state, for looking behind the HTTP surface.
+    pub state: reliefline::AppState,
     pub client: reqwest::Client,
     pub db: Arc<TestDb>,
     shutdown: CancellationToken,
@@ -163,6 +165,7 @@ impl TestApp {
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr();
         let store = app.state().store.clone();
+        let state = app.state().clone();
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         let task = tokio::spawn(app.run(async move { signal.cancelled().await }));
@@ -170,6 +173,7 @@ impl TestApp {
             addr,
             metrics_addr,
             store,
+            state,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

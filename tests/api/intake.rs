@@ -656,7 +656,64 @@ async fn the_openapi_document_describes_the_routes(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_report_can_belong_to_a_declared_incident(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let token = "commander-token-0123456789";
+    let app = TestApp::spawn_with(db.into(), |c| {
+        c.admin.token = secrecy::SecretString::from(token);
+    })
+    .await;
+    let declared = app
+        .client
+        .post(app.url("/api/v1/incidents"))
+        .bearer_auth(token)
+        .json(&json!({
+            "title": {"ko": "카카오 서비스 장애"},
+            "provider": "Kakao",
+            "services": ["KakaoTalk"],
+            "started_at": "2022-10-15T15:19:00+09:00",
+            "severity": "critical",
+            "message": {"ko": "데이터센터 화재로 서비스가 중단되었습니다."}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), StatusCode::CREATED);
+    let incident_id = json_of(declared).await["id"].as_str().unwrap().to_owned();
+
+    let mut report = sample_report();
+    report["incident_id"] = json!(incident_id);
+    let r = app.submit(&report).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let accepted = json_of(r).await;
+    assert_eq!(accepted["incident_id"], incident_id.as_str());
+
+    let found = json_of(
+        app.lookup(accepted["receipt"].as_str().unwrap(), "010-1234-5678")
+            .await,
+    )
+    .await;
+    assert_eq!(found["incident"]["id"], incident_id.as_str());
+    assert_eq!(found["incident"]["title"]["ko"], "카카오 서비스 장애");
+
+    let detail = json_of(
+        app.client
+            .get(app.url(&format!("/api/v1/incidents/{incident_id}")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(detail["reports_linked"], 1);
+    // Committed reports feed surge detection.
+    assert!(app.state.surge.rate_per_minute(chrono::Utc::now()) > 0.0);
+    app.stop().await;
+}
+
 on_both_backends!(
+    a_report_can_belong_to_a_declared_incident,
     intake_reports_its_catalogue_metrics,
     the_openapi_document_describes_the_routes,
     a_valid_report_gets_a_receipt_only_once_stored,

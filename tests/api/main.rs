@@ -11,7 +11,9 @@
 mod helpers;
 
 mod cli;
+mod incidents;
 mod intake;
 mod ops;
 mod rate_limits;
 mod store_contract;
+mod store_incidents;

@@ -12,6 +12,7 @@ use super::{Conflict, Store, StoreError, StoreResult};
 use crate::config::DatabaseConfig;
 
 mod audit;
+mod incidents;
 mod reports;
 
 const PING: &str = "SELECT 1";

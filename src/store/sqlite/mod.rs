@@ -13,6 +13,7 @@ use super::{Conflict, Store, StoreError, StoreResult};
 use crate::config::DatabaseConfig;
 
 mod audit;
+mod incidents;
 mod reports;
 
 /// Liveness probe, the same on every backend.

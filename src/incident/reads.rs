@@ -1,0 +1,220 @@
+//! Public reads, cache-fronted: however many people refresh the status page, each cache entry
+//! costs one store load per lifetime. Loads are single-flight (moka's `try_get_with`): callers
+//! arriving while a load runs wait for it instead of querying too.
+//!
+//! Entry lifetimes follow the mode in force when the entry is loaded: longer in incident mode,
+//! when reads are heaviest. A command bumps the generation that is part of every key, so the
+//! next read loads afresh, even if a load begun before the command is still finishing.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::Expiry;
+use moka::future::Cache;
+use uuid::Uuid;
+
+use super::mode::{Mode, ModeHandle};
+use super::model::StateFilter;
+use crate::http::ApiError;
+use crate::http::error::STORE_RETRY_AFTER;
+use crate::store::{Incident, IncidentRecord, StoreError, StoreResult};
+use crate::telemetry::names;
+
+/// Per-incident entries kept at most; unknown ids are cached too, so this bounds the memory a
+/// flood of made-up ids can take.
+const DETAIL_CAPACITY: u64 = 10_000;
+
+/// The public read caches, named as in the `cache` label of `reliefline_cache_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheName {
+    /// Open incidents with their updates: the status page and `GET /api/v1/status`.
+    Status,
+    /// `GET /api/v1/incidents?state=…`.
+    IncidentList,
+    /// `GET /api/v1/incidents/{id}`.
+    Incident,
+}
+
+impl CacheName {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::IncidentList => "incident_list",
+            Self::Incident => "incident",
+        }
+    }
+}
+
+/// Look-ups answered by one cache so far. Every miss is exactly one store load (callers that
+/// joined a load already running count as hits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// The open incidents, with the JSON array `GET /api/v1/status` serves, rendered once per load.
+#[derive(Debug)]
+pub struct OpenIncidents {
+    pub records: Vec<IncidentRecord>,
+    pub status_json: Bytes,
+}
+
+/// One incident as `GET /api/v1/incidents/{id}` shows it.
+#[derive(Debug, Clone)]
+pub struct IncidentDetail {
+    pub record: IncidentRecord,
+    pub reports_linked: u64,
+}
+
+pub(super) struct ReadCaches {
+    generation: AtomicU64,
+    open: Cache<u64, Arc<OpenIncidents>>,
+    lists: Cache<(u64, StateFilter), Arc<Vec<Incident>>>,
+    details: Cache<(u64, Uuid), Option<Arc<IncidentDetail>>>,
+    counts: [(AtomicU64, AtomicU64); 3],
+}
+
+/// Entry lifetime by the mode in force at load time.
+struct ModeLifetime {
+    mode: ModeHandle,
+    normal: Duration,
+    incident: Duration,
+}
+
+impl<K, V> Expiry<K, V> for ModeLifetime {
+    fn expire_after_create(&self, _key: &K, _value: &V, _created_at: Instant) -> Option<Duration> {
+        Some(match self.mode.current() {
+            Mode::Normal => self.normal,
+            Mode::Incident => self.incident,
+        })
+    }
+}
+
+impl ReadCaches {
+    pub(super) fn new(mode: &ModeHandle, normal: Duration, incident: Duration) -> Self {
+        let lifetime = || ModeLifetime {
+            mode: mode.clone(),
+            normal,
+            incident,
+        };
+        Self {
+            generation: AtomicU64::new(0),
+            // One live key each (the current generation, per filter); older generations expire.
+            open: Cache::builder()
+                .max_capacity(16)
+                .expire_after(lifetime())
+                .build(),
+            lists: Cache::builder()
+                .max_capacity(64)
+                .expire_after(lifetime())
+                .build(),
+            details: Cache::builder()
+                .max_capacity(DETAIL_CAPACITY)
+                .expire_after(lifetime())
+                .build(),
+            counts: Default::default(),
+        }
+    }
+
+    /// Everything cached so far is stale.
+    pub(super) fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.open.invalidate_all();
+        self.lists.invalidate_all();
+        self.details.invalidate_all();
+    }
+
+    pub(super) fn counts(&self, cache: CacheName) -> CacheCounts {
+        let (hits, misses) = &self.counts[cache as usize];
+        CacheCounts {
+            hits: hits.load(Ordering::Relaxed),
+            misses: misses.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) async fn open<F>(&self, load: F) -> Result<Arc<OpenIncidents>, ApiError>
+    where
+        F: Future<Output = StoreResult<Arc<OpenIncidents>>>,
+    {
+        let key = self.generation();
+        self.get(CacheName::Status, &self.open, key, load).await
+    }
+
+    pub(super) async fn list<F>(
+        &self,
+        filter: StateFilter,
+        load: F,
+    ) -> Result<Arc<Vec<Incident>>, ApiError>
+    where
+        F: Future<Output = StoreResult<Arc<Vec<Incident>>>>,
+    {
+        let key = (self.generation(), filter);
+        self.get(CacheName::IncidentList, &self.lists, key, load)
+            .await
+    }
+
+    pub(super) async fn detail<F>(
+        &self,
+        id: Uuid,
+        load: F,
+    ) -> Result<Option<Arc<IncidentDetail>>, ApiError>
+    where
+        F: Future<Output = StoreResult<Option<Arc<IncidentDetail>>>>,
+    {
+        let key = (self.generation(), id);
+        self.get(CacheName::Incident, &self.details, key, load)
+            .await
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    async fn get<K, V, F>(
+        &self,
+        name: CacheName,
+        cache: &Cache<K, V>,
+        key: K,
+        load: F,
+    ) -> Result<V, ApiError>
+    where
+        K: Hash + Eq + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        F: Future<Output = StoreResult<V>>,
+    {
+        let loaded = AtomicBool::new(false);
+        let result = cache
+            .try_get_with(key, async {
+                loaded.store(true, Ordering::Relaxed);
+                load.await
+            })
+            .await;
+        let missed = loaded.load(Ordering::Relaxed);
+        let (hits, misses) = &self.counts[name as usize];
+        if missed { misses } else { hits }.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(
+            names::CACHE_REQUESTS,
+            "cache" => name.label(),
+            "result" => if missed { "miss" } else { "hit" }
+        )
+        .increment(1);
+        result.map_err(|e| load_failed(&e))
+    }
+}
+
+/// A failed load is shared by every caller that waited for it; each gets its own answer.
+fn load_failed(error: &StoreError) -> ApiError {
+    if error.is_unavailable() {
+        tracing::warn!(error = %error, "store unavailable for a public read");
+        ApiError::StoreUnavailable {
+            retry_after: STORE_RETRY_AFTER,
+        }
+    } else {
+        ApiError::Internal(anyhow::anyhow!("loading a public read: {error:#}"))
+    }
+}
