@@ -124,6 +124,22 @@ impl Keys {
         mac.finalize().into_bytes().into()
     }
 
+    /// An unguessable token bound to one record and one purpose (an unsubscribe link, a
+    /// confirmation link), recomputed on demand instead of stored: 128 bits of the keyed hash of
+    /// `purpose` and `id`, as 32 lower-case hexadecimal digits. Check a presented token with
+    /// [`Keys::token_matches`].
+    pub fn token(&self, purpose: &str, id: uuid::Uuid) -> String {
+        let digest = self.hash(&format!("reliefline/token/{purpose}/v1:{id}"));
+        hex::encode(&digest[..16])
+    }
+
+    /// Whether `presented` is the token for `purpose` and `id`, compared in constant time.
+    pub fn token_matches(&self, purpose: &str, id: uuid::Uuid, presented: &str) -> bool {
+        let expected = self.token(purpose, id);
+        presented.len() == expected.len()
+            && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+    }
+
     pub fn seal_contact(&self, normalised: &str) -> SealedContact {
         SealedContact {
             ciphertext: self.seal(normalised),
@@ -173,6 +189,24 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::from_master(&[7u8; 32])
+    }
+
+    #[test]
+    fn tokens_are_bound_to_purpose_and_record() {
+        let k = keys();
+        let id = uuid::Uuid::now_v7();
+        let other = uuid::Uuid::now_v7();
+        let token = k.token("unsubscribe", id);
+        assert_eq!(token.len(), 32);
+        assert_eq!(token, k.token("unsubscribe", id), "recomputable");
+        assert!(k.token_matches("unsubscribe", id, &token));
+        assert!(!k.token_matches("confirm", id, &token));
+        assert!(!k.token_matches("unsubscribe", other, &token));
+        assert!(!k.token_matches("unsubscribe", id, &token[..31]));
+        assert_ne!(
+            token,
+            Keys::from_master(&[8u8; 32]).token("unsubscribe", id)
+        );
     }
 
     #[test]
