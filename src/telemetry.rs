@@ -34,6 +34,28 @@ pub mod names {
     pub const NOTIFICATION_SEND_DURATION: &str = "reliefline_notification_send_duration_seconds";
     pub const INCIDENT_NOTICE_DEADLINE: &str = "reliefline_incident_notice_deadline_seconds";
     pub const SURGE_RATE: &str = "reliefline_surge_rate_per_minute";
+
+    /// Every metric the service exports: what dashboards and alert rules may refer to.
+    pub const CATALOGUE: &[&str] = &[
+        HTTP_REQUESTS,
+        HTTP_DURATION,
+        REPORTS_ACCEPTED,
+        REPORTS_REJECTED,
+        INTAKE_QUEUE_DEPTH,
+        INTAKE_BATCH_SIZE,
+        INTAKE_COMMIT_DURATION,
+        RATE_LIMITED,
+        RATE_LIMITER_KEYS,
+        CACHE_REQUESTS,
+        INCIDENT_MODE,
+        INCIDENTS_OPEN,
+        NOTIFICATIONS,
+        OUTBOX_PENDING,
+        OUTBOX_OLDEST_PENDING,
+        NOTIFICATION_SEND_DURATION,
+        INCIDENT_NOTICE_DEADLINE,
+        SURGE_RATE,
+    ];
 }
 
 /// Latency buckets in seconds: fine below 100 ms, where a surge-ready intake must stay.
@@ -243,4 +265,68 @@ fn escape_label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names::CATALOGUE;
+
+    const DASHBOARD: &str = include_str!("../dashboards/reliefline.json");
+    const ALERTS: &str = include_str!("../dashboards/alerts.yml");
+
+    /// Every `reliefline_…` metric name in `text`, histogram series suffixes removed.
+    fn metric_names(text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("reliefline_") {
+            let tail = &rest[start..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            found.push(base.to_owned());
+            rest = &tail[end..];
+        }
+        found
+    }
+
+    #[test]
+    fn dashboards_and_alerts_use_only_catalogue_metrics() {
+        for (file, text) in [("reliefline.json", DASHBOARD), ("alerts.yml", ALERTS)] {
+            let names = metric_names(text);
+            assert!(!names.is_empty(), "{file} refers to no metric");
+            for name in names {
+                // `reliefline-overview` style identifiers are not metrics.
+                assert!(
+                    CATALOGUE.contains(&name.as_str()),
+                    "{file} refers to {name}, which the service does not export"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_dashboard_shows_every_catalogue_metric() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(DASHBOARD).expect("dashboard is JSON");
+        let mut exprs = String::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("every target has a query");
+                exprs.push_str(expr);
+                exprs.push('\n');
+            }
+        }
+        let shown = metric_names(&exprs);
+        for metric in CATALOGUE {
+            assert!(
+                shown.iter().any(|name| name == metric),
+                "no dashboard panel shows {metric}"
+            );
+        }
+    }
 }
