@@ -901,6 +901,32 @@ async fn one_click_unsubscribe_stops_later_updates(backend: Backend) {
     assert_eq!(payload["subscription_id"], stays.to_string());
     assert_eq!(payload["update_id"], update.to_string());
     assert_eq!(payload["incident_id"], incident.to_string());
+    // The message id made in SQL is a time-ordered UUIDv7 carrying the fan-out's time.
+    let id = with_pool(
+        &app.db,
+        async |p| {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM outbox WHERE template = 'incident_update'",
+            )
+            .fetch_one(&p)
+            .await
+            .unwrap()
+        },
+        async |p| {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM outbox WHERE template = 'incident_update'",
+            )
+            .fetch_one(&p)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(id.get_version_num(), 7, "{id}");
+    assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+    let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+    let millis = i64::try_from(secs).unwrap() * 1000 + i64::from(nanos / 1_000_000);
+    assert_eq!(millis, app.clock.now().timestamp_millis(), "{id}");
     let progress = app.delivery(incident, update).await;
     assert_eq!(progress["fanout"], "done");
     assert_eq!(progress["enqueued"], 1);
