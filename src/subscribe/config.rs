@@ -68,3 +68,33 @@ impl FanoutConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn the_defaults_are_valid_and_bad_values_name_their_key() {
+        let config = Config::defaults().unwrap();
+        assert_eq!(
+            config.subscriptions.max_confirmations_per_contact_per_day,
+            3
+        );
+        let mut fanout = config.fanout.clone();
+        fanout.batch_rows = 0;
+        assert!(
+            fanout
+                .validate()
+                .unwrap_err()
+                .starts_with("fanout.batch_rows")
+        );
+        let mut subscriptions = config.subscriptions.clone();
+        subscriptions.max_confirmations_per_contact_per_day = 0;
+        assert!(
+            subscriptions
+                .validate()
+                .unwrap_err()
+                .starts_with("subscriptions.max_confirmations_per_contact_per_day")
+        );
+    }
+}

@@ -431,6 +431,7 @@ on_both_backends!(
     each_contact_gets_few_confirmations_a_day,
     one_address_is_rate_limited,
     one_click_unsubscribe_stops_later_updates,
+    unconfirmed_subscriptions_expire,
     fan_out_reaches_a_large_set_once_across_a_restart,
 );
 
@@ -1037,5 +1038,41 @@ async fn fan_out_reaches_a_large_set_once_across_a_restart(backend: Backend) {
         ))
         .await,
         expected
+    );
+}
+
+async fn unconfirmed_subscriptions_expire(backend: Backend) {
+    let Some(app) = SubApp::spawn(backend).await else {
+        return;
+    };
+    let old = app
+        .subscribed(json!({"phone": "010-4444-5555", "provider": "Kakao"}))
+        .await;
+    let code = app.code_of(old).await;
+    let hours = app.state.config.subscriptions.pending_expiry_hours;
+    app.clock
+        .advance(Duration::from_secs(u64::from(hours) * 3600 + 1));
+    let (status, answer) = app.confirm(json!({"id": old, "code": code})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let fresh = app
+        .subscribed(json!({"email": "new@example.kr", "provider": "Kakao"}))
+        .await;
+    let pruned = app.worker(100).prune().await.unwrap();
+    assert_eq!(
+        pruned, 2,
+        "the expired subscription and its day-old confirmation send"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM subscriptions").await, 1);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM subscriptions WHERE id = {}",
+            uuid_sql(backend, fresh)
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM confirmation_sends").await,
+        1
     );
 }
