@@ -88,7 +88,7 @@ mod tests {
                 .unwrap_err()
                 .starts_with("fanout.batch_rows")
         );
-        let mut subscriptions = config.subscriptions.clone();
+        let mut subscriptions = config.subscriptions;
         subscriptions.max_confirmations_per_contact_per_day = 0;
         assert!(
             subscriptions
