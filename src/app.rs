@@ -18,6 +18,7 @@ use crate::incident::{Clock, Incidents, Mode, ModeHandle, SurgeDetector};
 use crate::intake::{Batcher, BatcherOptions, Intake};
 use crate::ratelimit::{Limiters, Profile};
 use crate::store::{self, DynStore};
+use crate::subscribe::FanoutWorker;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -169,6 +170,15 @@ impl App {
             state.clone(),
             background_shutdown.child_token(),
         ));
+        background.spawn(
+            FanoutWorker::new(
+                Arc::clone(&state.store),
+                state.clock.clone(),
+                &state.config.fanout,
+                &state.config.subscriptions,
+            )
+            .run(background_shutdown.child_token()),
+        );
 
         let stop_http = CancellationToken::new();
         let public = tokio::spawn(server::serve(

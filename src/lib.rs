@@ -12,6 +12,7 @@ pub mod incident;
 pub mod intake;
 pub mod ratelimit;
 pub mod store;
+pub mod subscribe;
 pub mod telemetry;
 
 pub use app::{App, AppState};

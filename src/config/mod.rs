@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::crypto::Keys;
 use crate::ratelimit::RateLimitConfig;
+use crate::subscribe::{FanoutConfig, SubscriptionsConfig};
 
 /// The commented defaults shipped inside the binary.
 pub const DEFAULTS: &str = include_str!("defaults.toml");
@@ -35,6 +36,8 @@ pub struct Config {
     pub incident: IncidentConfig,
     pub log: LogConfig,
     pub rate_limits: RateLimitConfig,
+    pub subscriptions: SubscriptionsConfig,
+    pub fanout: FanoutConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +354,8 @@ impl Config {
         self.rate_limits
             .validate()
             .map_err(|e| ConfigError(e.to_string()))?;
+        self.subscriptions.validate().map_err(ConfigError)?;
+        self.fanout.validate().map_err(ConfigError)?;
         Ok(())
     }
 }

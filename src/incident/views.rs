@@ -35,6 +35,8 @@ pub struct IncidentView<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct UpdateView<'a> {
+    /// Names the update in its delivery progress (`…/updates/{id}/delivery`).
+    pub id: Uuid,
     pub status: IncidentStatus,
     pub message: &'a Localized,
     pub at: Timestamp,
@@ -97,6 +99,7 @@ impl<'a> IncidentView<'a> {
 impl<'a> UpdateView<'a> {
     pub fn of(update: &'a IncidentUpdate) -> Self {
         Self {
+            id: update.id,
             status: update.status,
             message: &update.message,
             at: update.at,

@@ -374,6 +374,15 @@ macro_rules! impl_incident_store {
                     .await
                     .map_err(Self::error)?;
                 insert_update(&mut tx, &incident.first_update).await?;
+                // An unconfirmed surge is not announced; confirming it is.
+                if incident.confirmed {
+                    insert_fanout(
+                        &mut tx,
+                        &incident.first_update,
+                        incident.provider.as_deref(),
+                    )
+                    .await?;
+                }
                 insert_audit(&mut tx, audit).await?;
                 tx.commit().await.map_err(Self::error)
             }
@@ -477,7 +486,7 @@ macro_rules! impl_incident_store {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(Self::error)?;
-                finish(tx, update.incident_id, changed, update, audit).await
+                finish(tx, update.incident_id, changed, update, audit, true).await
             }
 
             async fn confirm_incident(
@@ -500,7 +509,7 @@ macro_rules! impl_incident_store {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(Self::error)?;
-                finish(tx, update.incident_id, changed, update, audit).await
+                finish(tx, update.incident_id, changed, update, audit, true).await
             }
 
             async fn dismiss_incident(
@@ -516,7 +525,7 @@ macro_rules! impl_incident_store {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(Self::error)?;
-                finish(tx, update.incident_id, changed, update, audit).await
+                finish(tx, update.incident_id, changed, update, audit, false).await
             }
 
             async fn count_incident_reports(
@@ -533,20 +542,24 @@ macro_rules! impl_incident_store {
             }
         }
 
-        /// After a conditional UPDATE: on success write the update and audit entry and commit;
-        /// otherwise roll back and say why.
+        /// After a conditional UPDATE: on success write the update, its fan-out job when
+        /// `fan_out`, and the audit entry, and commit; otherwise roll back and say why.
         async fn finish(
             mut tx: sqlx::Transaction<'_, $db>,
             id: uuid::Uuid,
             changed: Option<$crate::store::incidents::IncidentRow>,
             update: &$crate::store::NewIncidentUpdate,
             audit: &$crate::store::AuditEntry,
+            fan_out: bool,
         ) -> $crate::store::StoreResult<$crate::store::Transition> {
             use $crate::store::incidents::{IncidentRow, sql};
             use $crate::store::{Incident, Transition};
             if let Some(row) = changed {
                 let incident = Incident::try_from(row)?;
                 insert_update(&mut tx, update).await?;
+                if fan_out {
+                    insert_fanout(&mut tx, update, incident.provider.as_deref()).await?;
+                }
                 insert_audit(&mut tx, audit).await?;
                 tx.commit().await.map_err(<$store>::error)?;
                 return Ok(Transition::Applied(incident));
@@ -575,6 +588,23 @@ macro_rules! impl_incident_store {
                 .bind(update.message.ko.as_str())
                 .bind(update.message.en.as_deref())
                 .bind(update.actor.as_str())
+                .bind($crate::store::to_millis(update.at))
+                .execute(&mut **tx)
+                .await
+                .map_err(<$store>::error)?;
+            Ok(())
+        }
+
+        /// The job that delivers `update` to subscribers and reporters (`store/fanout.rs`).
+        async fn insert_fanout(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            update: &$crate::store::NewIncidentUpdate,
+            provider: Option<&str>,
+        ) -> $crate::store::StoreResult<()> {
+            sqlx::query($crate::store::fanout::sql::INSERT_FANOUT)
+                .bind(update.id)
+                .bind(update.incident_id)
+                .bind(provider.unwrap_or_default())
                 .bind($crate::store::to_millis(update.at))
                 .execute(&mut **tx)
                 .await

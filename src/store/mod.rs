@@ -8,11 +8,13 @@
 //! milliseconds, ids as UUIDv7.
 
 mod audit;
+mod fanout;
 mod incidents;
 mod outbox;
 mod postgres;
 mod reports;
 mod sqlite;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 
 pub use audit::{AuditEntry, AuditStore};
+pub use fanout::{FanoutProgress, FanoutState, FanoutStep, FanoutStore};
 pub use incidents::{
     Confirmation, Incident, IncidentRecord, IncidentStore, IncidentUpdate, NewIncident,
     NewIncidentUpdate, Transition,
@@ -32,6 +35,10 @@ pub use reports::{
     StoredReport,
 };
 pub use sqlite::SqliteStore;
+pub use subscriptions::{
+    Confirm, ConfirmOutcome, ContactLimit, NewSubscription, Proof, Scope, SubscribeOutcome,
+    SubscriptionStore,
+};
 
 pub type Timestamp = DateTime<Utc>;
 
@@ -109,7 +116,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything Reliefline asks of its database: one trait per capability, plus the lifecycle.
 #[async_trait]
-pub trait Store: ReportStore + AuditStore + IncidentStore + Send + Sync + 'static {
+pub trait Store:
+    ReportStore + AuditStore + IncidentStore + SubscriptionStore + FanoutStore + Send + Sync + 'static
+{
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 

@@ -12,8 +12,10 @@ use super::{Conflict, Store, StoreError, StoreResult};
 use crate::config::DatabaseConfig;
 
 mod audit;
+mod fanout;
 mod incidents;
 mod reports;
+mod subscriptions;
 
 const PING: &str = "SELECT 1";
 

@@ -13,8 +13,10 @@ use super::{Conflict, Store, StoreError, StoreResult};
 use crate::config::DatabaseConfig;
 
 mod audit;
+mod fanout;
 mod incidents;
 mod reports;
+mod subscriptions;
 
 /// Liveness probe, the same on every backend.
 const PING: &str = "SELECT 1";

@@ -1,0 +1,352 @@
+//! Fan-out of incident updates into the outbox.
+//!
+//! Posting an update writes a `fanouts` job in the same transaction (see `incidents.rs`). A
+//! worker then expands the job with set-based `INSERT … SELECT` statements, one keyset range of
+//! recipients per transaction: first every confirmed subscription to the incident or its
+//! provider, then every reporter of the incident who asked for notices, one row per chosen
+//! channel. The range's upper bound is stored with the batch, in the same transaction, so a fan-out
+//! interrupted at any moment resumes after the last committed range and writes no row twice.
+//! Recipients are never loaded into the process.
+//!
+//! A contact subscribed twice to the same update (to the incident and to its provider) gets it
+//! once; a reporter who also subscribed gets it as a subscriber only.
+//!
+//! Claiming the job (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas work on different jobs)
+//! and generating ids and JSON in SQL differ per backend: each backend passes its statements to
+//! [`impl_fanout_store!`] in a `fanout_sql` module. Every expansion statement binds the same
+//! parameters: `$1` incident id, `$2` provider (`''` for none), `$3` cursor (exclusive), `$4`
+//! upper bound (inclusive), `$5` update id, `$6` now (epoch ms), `$7` incident id as text, `$8`
+//! update id as text.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{StoreResult, Timestamp};
+
+#[async_trait]
+pub trait FanoutStore {
+    /// Expand one batch of at most `batch_rows` recipients of the oldest unfinished fan-out.
+    async fn fanout_step(&self, batch_rows: u32, now: Timestamp) -> StoreResult<FanoutStep>;
+
+    /// How far the delivery of one update has got; `None` for an unknown update.
+    async fn fanout_progress(
+        &self,
+        incident_id: Uuid,
+        update_id: Uuid,
+    ) -> StoreResult<Option<FanoutProgress>>;
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanoutStep {
+    /// No unfinished fan-out.
+    Idle,
+    /// Wrote `rows` outbox rows for `update_id`; `finished` when its last range is done.
+    Expanded {
+        update_id: Uuid,
+        rows: u64,
+        finished: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::AsRefStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
+pub enum FanoutState {
+    Pending,
+    Running,
+    Done,
+}
+
+/// The fan-out of one update and the outbox rows it has written, by state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutProgress {
+    pub state: FanoutState,
+    pub enqueued: u64,
+    pub pending: u64,
+    pub sending: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub dead: u64,
+}
+
+/// Statements both backends run as written.
+pub(super) mod sql {
+    /// Written with the update, in the transaction of the incident command.
+    pub const INSERT_FANOUT: &str = "INSERT INTO fanouts (update_id, incident_id, provider, \
+         state, subscriptions_done, enqueued, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'pending', FALSE, 0, $4, $4)";
+
+    /// The last subscription id of the next batch (`$5` = batch size − 1); none when the rest
+    /// fits in one batch.
+    pub const SUBSCRIPTION_BOUND: &str = "SELECT s.id FROM subscriptions s \
+         WHERE (s.incident_id = $1 OR (s.provider = $2 AND $2 <> '')) \
+         AND s.state = 'confirmed' AND s.id > $3 ORDER BY s.id LIMIT 1 OFFSET $4";
+
+    pub const REPORT_BOUND: &str = "SELECT r.id FROM reports r \
+         WHERE r.incident_id = $1 AND r.id > $2 \
+         AND ((r.notify_sms AND r.phone_enc IS NOT NULL) \
+           OR (r.notify_email AND r.email_enc IS NOT NULL)) \
+         ORDER BY r.id LIMIT 1 OFFSET $3";
+
+    pub const ADVANCE_SUBSCRIPTIONS: &str = "UPDATE fanouts SET state = 'running', \
+         subscriptions_done = $2, subscription_cursor = $3, enqueued = enqueued + $4, \
+         updated_at = $5 WHERE update_id = $1";
+
+    pub const ADVANCE_REPORTS: &str = "UPDATE fanouts SET \
+         state = CASE WHEN $2 THEN 'done' ELSE 'running' END, \
+         finished_at = CASE WHEN $2 THEN $5 ELSE NULL END, \
+         report_cursor = $3, enqueued = enqueued + $4, updated_at = $5 WHERE update_id = $1";
+
+    pub const FIND: &str =
+        "SELECT state, enqueued FROM fanouts WHERE update_id = $1 AND incident_id = $2";
+
+    pub const COUNT_BY_STATE: &str =
+        "SELECT state, count(*) FROM outbox WHERE source_id = $1 GROUP BY state";
+
+    /// The condition a subscription meets to receive the update, on alias `$a`.
+    macro_rules! in_scope {
+        ($a:literal) => {
+            concat!(
+                "(",
+                $a,
+                ".incident_id = $1 OR (",
+                $a,
+                ".provider = $2 AND $2 <> '')) AND ",
+                $a,
+                ".state = 'confirmed'"
+            )
+        };
+    }
+
+    /// The subscriptions of one range, each contact once per channel (the lowest id wins).
+    macro_rules! subscriptions_in_range {
+        () => {
+            concat!(
+                " FROM subscriptions s WHERE ",
+                $crate::store::fanout::sql::in_scope!("s"),
+                " AND s.id > $3 AND s.id <= $4 AND NOT EXISTS (SELECT 1 FROM subscriptions o \
+                 WHERE o.contact_hmac = s.contact_hmac AND o.channel = s.channel AND o.id < s.id \
+                 AND ",
+                $crate::store::fanout::sql::in_scope!("o"),
+                ")"
+            )
+        };
+    }
+
+    /// The reporters of one range on one channel (`sms`/`phone` or `email`/`email`): once per
+    /// contact (the earliest report wins), and not when the contact subscribed on that channel.
+    macro_rules! reporters_in_range {
+        ($channel:literal, $contact:literal) => {
+            concat!(
+                "SELECT r.id AS report_id, '",
+                $channel,
+                "' AS channel, r.",
+                $contact,
+                "_enc AS recipient FROM reports r WHERE r.incident_id = $1 \
+                 AND r.id > $3 AND r.id <= $4 AND r.notify_",
+                $channel,
+                " AND r.",
+                $contact,
+                "_enc IS NOT NULL AND NOT EXISTS (SELECT 1 FROM reports e \
+                 WHERE e.incident_id = $1 AND e.",
+                $contact,
+                "_hmac = r.",
+                $contact,
+                "_hmac AND e.notify_",
+                $channel,
+                " AND e.",
+                $contact,
+                "_enc IS NOT NULL AND e.id < r.id) AND NOT EXISTS (SELECT 1 FROM subscriptions o \
+                 WHERE o.contact_hmac = r.",
+                $contact,
+                "_hmac AND o.channel = '",
+                $channel,
+                "' AND ",
+                $crate::store::fanout::sql::in_scope!("o"),
+                ")"
+            )
+        };
+    }
+
+    /// Both channels of one range of reports, as `report_id, channel, recipient`.
+    macro_rules! reporters {
+        () => {
+            concat!(
+                "(",
+                $crate::store::fanout::sql::reporters_in_range!("sms", "phone"),
+                " UNION ALL ",
+                $crate::store::fanout::sql::reporters_in_range!("email", "email"),
+                ") c"
+            )
+        };
+    }
+
+    pub(in crate::store) use {in_scope, reporters, reporters_in_range, subscriptions_in_range};
+
+    /// The outbox columns every expansion writes, in this order.
+    macro_rules! outbox_columns {
+        () => {
+            "INSERT INTO outbox (id, channel, template, lang, recipient_enc, payload, \
+             source_kind, source_id, state, attempts, next_attempt_at, created_at, updated_at) "
+        };
+    }
+
+    pub(in crate::store) use outbox_columns;
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct JobRow {
+    pub update_id: Uuid,
+    pub incident_id: Uuid,
+    pub provider: String,
+    pub subscriptions_done: bool,
+    pub subscription_cursor: Option<Uuid>,
+    pub report_cursor: Option<Uuid>,
+}
+
+/// Counts by outbox state into a progress record.
+pub(super) fn progress(
+    state: &str,
+    enqueued: i64,
+    counts: Vec<(String, i64)>,
+) -> StoreResult<FanoutProgress> {
+    let mut p = FanoutProgress {
+        state: super::parse_stored(state, "fanouts.state")?,
+        enqueued: u64::try_from(enqueued).unwrap_or_default(),
+        pending: 0,
+        sending: 0,
+        sent: 0,
+        failed: 0,
+        dead: 0,
+    };
+    for (state, n) in counts {
+        let n = u64::try_from(n).unwrap_or_default();
+        match state.as_str() {
+            "pending" => p.pending = n,
+            "sending" => p.sending = n,
+            "sent" => p.sent = n,
+            "failed" => p.failed = n,
+            "dead" => p.dead = n,
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// The implementation of [`FanoutStore`] for a store type whose pools are `$read` and
+/// `$write`, with the backend's statements in module `$sql` (`CLAIM`, `EXPAND_SUBSCRIPTIONS`,
+/// `EXPAND_REPORTS`).
+macro_rules! impl_fanout_store {
+    ($store:ty, read: $read:ident, write: $write:ident, sql: $sql:path) => {
+        #[async_trait::async_trait]
+        impl $crate::store::FanoutStore for $store {
+            async fn fanout_step(
+                &self,
+                batch_rows: u32,
+                now: $crate::store::Timestamp,
+            ) -> $crate::store::StoreResult<$crate::store::FanoutStep> {
+                use $crate::store::FanoutStep;
+                use $crate::store::fanout::{JobRow, sql};
+                use $sql as backend;
+                let now = $crate::store::to_millis(now);
+                let offset = i64::from(batch_rows.max(1) - 1);
+                let mut tx = self.$write.begin().await.map_err(Self::error)?;
+                let Some(job) = sqlx::query_as::<_, JobRow>(backend::CLAIM)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(Self::error)?
+                else {
+                    return Ok(FanoutStep::Idle);
+                };
+                let (cursor, bound) = if job.subscriptions_done {
+                    let cursor = job.report_cursor.unwrap_or(uuid::Uuid::nil());
+                    let bound: Option<uuid::Uuid> = sqlx::query_scalar(sql::REPORT_BOUND)
+                        .bind(job.incident_id)
+                        .bind(cursor)
+                        .bind(offset)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(Self::error)?;
+                    (cursor, bound)
+                } else {
+                    let cursor = job.subscription_cursor.unwrap_or(uuid::Uuid::nil());
+                    let bound: Option<uuid::Uuid> = sqlx::query_scalar(sql::SUBSCRIPTION_BOUND)
+                        .bind(job.incident_id)
+                        .bind(job.provider.as_str())
+                        .bind(cursor)
+                        .bind(offset)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(Self::error)?;
+                    (cursor, bound)
+                };
+                // No bound: the rest fits in this batch, and this range is the last one.
+                let upper = bound.unwrap_or(uuid::Uuid::max());
+                let last = bound.is_none();
+                let expand = if job.subscriptions_done {
+                    backend::EXPAND_REPORTS
+                } else {
+                    backend::EXPAND_SUBSCRIPTIONS
+                };
+                let rows = sqlx::query(expand)
+                    .bind(job.incident_id)
+                    .bind(job.provider.as_str())
+                    .bind(cursor)
+                    .bind(upper)
+                    .bind(job.update_id)
+                    .bind(now)
+                    .bind(job.incident_id.to_string())
+                    .bind(job.update_id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Self::error)?
+                    .rows_affected();
+                let advance = if job.subscriptions_done {
+                    sql::ADVANCE_REPORTS
+                } else {
+                    sql::ADVANCE_SUBSCRIPTIONS
+                };
+                sqlx::query(advance)
+                    .bind(job.update_id)
+                    .bind(last)
+                    .bind(upper)
+                    .bind(i64::try_from(rows).unwrap_or(i64::MAX))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Self::error)?;
+                tx.commit().await.map_err(Self::error)?;
+                Ok(FanoutStep::Expanded {
+                    update_id: job.update_id,
+                    rows,
+                    finished: last && job.subscriptions_done,
+                })
+            }
+
+            async fn fanout_progress(
+                &self,
+                incident_id: uuid::Uuid,
+                update_id: uuid::Uuid,
+            ) -> $crate::store::StoreResult<Option<$crate::store::FanoutProgress>> {
+                use $crate::store::fanout::{progress, sql};
+                let Some((state, enqueued)): Option<(String, i64)> = sqlx::query_as(sql::FIND)
+                    .bind(update_id)
+                    .bind(incident_id)
+                    .fetch_optional(&self.$read)
+                    .await
+                    .map_err(Self::error)?
+                else {
+                    return Ok(None);
+                };
+                let counts: Vec<(String, i64)> = sqlx::query_as(sql::COUNT_BY_STATE)
+                    .bind(update_id)
+                    .fetch_all(&self.$read)
+                    .await
+                    .map_err(Self::error)?;
+                progress(&state, enqueued, counts).map(Some)
+            }
+        }
+    };
+}
+
+pub(super) use impl_fanout_store;
