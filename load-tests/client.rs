@@ -1,0 +1,315 @@
+//! The load generator: N keep-alive HTTP/1.1 connections, each driven by its own task.
+//!
+//! Closed loop (each connection sends its next request as soon as the previous answer is in)
+//! finds the throughput ceiling. Open loop sends on a fixed schedule whatever the server does;
+//! a request's latency counts from the moment the schedule said to send it, so a server that
+//! stalls is charged for the requests it made wait (no coordinated omission).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::reports::{Contact, Sample};
+
+/// Longest a single request may take before it counts as a transport error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Histogram range: 1 µs to 60 s, three significant digits.
+const MAX_MICROS: u64 = 60_000_000;
+
+/// A status and body as received.
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// One keep-alive connection that reconnects when the server closes it.
+pub struct Conn {
+    addr: SocketAddr,
+    host: HeaderValue,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Conn {
+    pub fn new(addr: SocketAddr) -> Self {
+        let host = HeaderValue::from_str(&addr.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("127.0.0.1"));
+        Self {
+            addr,
+            host,
+            sender: None,
+        }
+    }
+
+    async fn connect(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
+        let usable = match self.sender.as_mut() {
+            Some(sender) => !sender.is_closed() && sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !usable {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .with_context(|| format!("connect to {}", self.addr))?;
+            stream.set_nodelay(true)?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .context("HTTP handshake")?;
+            tokio::spawn(async move {
+                // A connection error surfaces on the next request; nothing to do here.
+                drop(conn.await);
+            });
+            self.sender = Some(sender);
+        }
+        self.sender
+            .as_mut()
+            .context("no connection after connecting")
+    }
+
+    /// Send one request; `json` bodies go out as `application/json`.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> anyhow::Result<Reply> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.host.clone());
+        if body.is_some() {
+            req = req.header(CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::new(body.unwrap_or_default()))?;
+        let exchange = async {
+            let sender = self.connect().await?;
+            let resp = sender.send_request(req).await.context("send request")?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok(Reply { status, body })
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                self.sender = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.sender = None;
+                anyhow::bail!("no answer within {REQUEST_TIMEOUT:?}")
+            }
+        }
+    }
+}
+
+/// One request on a fresh connection, for set-up and checks rather than load.
+pub async fn once(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+) -> anyhow::Result<Reply> {
+    Conn::new(addr).send(method, path, headers, body).await
+}
+
+/// What the connections send.
+#[derive(Clone)]
+pub enum Workload {
+    /// `POST /api/v1/reports` with bodies from a pool; every fifth carries a fresh
+    /// `Idempotency-Key` (unique per `tag`, so phases never replay each other's keys).
+    Reports {
+        samples: Arc<Vec<Sample>>,
+        tag: String,
+    },
+    /// `GET` of each path in turn.
+    Get { paths: Arc<Vec<String>> },
+}
+
+/// How requests are paced.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    Closed,
+    /// Requests per second across all connections.
+    Open(f64),
+}
+
+/// Everything one phase observed.
+pub struct Tally {
+    /// Latency of 2xx answers, µs.
+    pub ok: Histogram<u64>,
+    /// Latency of 429 and 503 answers, µs.
+    pub shed: Histogram<u64>,
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+    pub first_error: Option<String>,
+    /// Receipt and contact of every `201`.
+    pub receipts: Vec<(String, Contact)>,
+    /// From the first send to the last answer.
+    pub elapsed: Duration,
+}
+
+impl Tally {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            ok: Histogram::new_with_bounds(1, MAX_MICROS, 3)?,
+            shed: Histogram::new_with_bounds(1, MAX_MICROS, 3)?,
+            statuses: Default::default(),
+            transport_errors: 0,
+            first_error: None,
+            receipts: Vec::new(),
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    fn merge(&mut self, other: Self) -> anyhow::Result<()> {
+        self.ok.add(&other.ok)?;
+        self.shed.add(&other.shed)?;
+        for (status, n) in other.statuses {
+            *self.statuses.entry(status).or_default() += n;
+        }
+        self.transport_errors += other.transport_errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.receipts.extend(other.receipts);
+        Ok(())
+    }
+
+    pub fn count(&self, status: u16) -> u64 {
+        self.statuses.get(&status).copied().unwrap_or(0)
+    }
+
+    /// Answers with a 2xx status.
+    pub fn ok_count(&self) -> u64 {
+        self.statuses.range(200..300).map(|(_, n)| n).sum()
+    }
+
+    pub fn per_second(&self, n: u64) -> f64 {
+        n as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn record(&mut self, workload: &Workload, pick: usize, reply: &Reply, micros: u64) {
+        *self.statuses.entry(reply.status).or_default() += 1;
+        match reply.status {
+            200..=299 => self.ok.saturating_record(micros.clamp(1, MAX_MICROS)),
+            429 | 503 => self.shed.saturating_record(micros.clamp(1, MAX_MICROS)),
+            _ => {}
+        }
+        if let (201, Workload::Reports { samples, .. }) = (reply.status, workload) {
+            #[derive(serde::Deserialize)]
+            struct Accepted {
+                receipt: String,
+            }
+            if let Ok(a) = serde_json::from_slice::<Accepted>(&reply.body) {
+                self.receipts.push((a.receipt, samples[pick].contact.clone()));
+            }
+        }
+    }
+}
+
+/// Run `connections` connections against `addr` for `duration`.
+pub async fn run(
+    addr: SocketAddr,
+    workload: &Workload,
+    pace: Pace,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Tally> {
+    let start = Instant::now() + Duration::from_millis(5);
+    let deadline = start + duration;
+    let schedule = Arc::new(AtomicU64::new(0));
+    let total = match pace {
+        Pace::Closed => u64::MAX,
+        Pace::Open(rate) => (rate * duration.as_secs_f64()) as u64,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..connections {
+        let workload = workload.clone();
+        let schedule = Arc::clone(&schedule);
+        tasks.spawn(async move {
+            let mut tally = Tally::new()?;
+            let mut conn = Conn::new(addr);
+            tokio::time::sleep_until(start).await;
+            let mut seq = 0u64;
+            loop {
+                // When the request is due, and when its clock starts.
+                let clock_from = match pace {
+                    Pace::Closed => {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        Instant::now()
+                    }
+                    Pace::Open(rate) => {
+                        let i = schedule.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        if due > Instant::now() {
+                            // On time: the timer's own slack is ours, not the server's.
+                            tokio::time::sleep_until(due).await;
+                            Instant::now()
+                        } else {
+                            // Behind: the wait for a free connection is the server's doing.
+                            due
+                        }
+                    }
+                };
+                seq += 1;
+                let (method, path, body, pick, key) = match &workload {
+                    Workload::Reports { samples, tag } => {
+                        let pick = (worker.wrapping_mul(7919) + seq as usize) % samples.len();
+                        let key = (seq % 5 == 0).then(|| format!("{tag}-{worker}-{seq}"));
+                        let body = samples[pick].body.clone();
+                        (Method::POST, "/api/v1/reports", Some(body), pick, key)
+                    }
+                    Workload::Get { paths } => {
+                        let path = paths[(worker + seq as usize) % paths.len()].as_str();
+                        (Method::GET, path, None, 0, None)
+                    }
+                };
+                let headers: Vec<(&str, &str)> = key
+                    .as_deref()
+                    .map(|k| vec![("idempotency-key", k)])
+                    .unwrap_or_default();
+                match conn.send(method, path, &headers, body).await {
+                    Ok(reply) => {
+                        let micros = clock_from.elapsed().as_micros() as u64;
+                        tally.record(&workload, pick, &reply, micros);
+                    }
+                    Err(e) => {
+                        tally.transport_errors += 1;
+                        if tally.first_error.is_none() {
+                            tally.first_error = Some(format!("{e:#}"));
+                        }
+                        // Do not spin while a server is unreachable.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            anyhow::Ok(tally)
+        });
+    }
+    let mut all = Tally::new()?;
+    while let Some(joined) = tasks.join_next().await {
+        all.merge(joined??)?;
+    }
+    all.elapsed = start.elapsed();
+    Ok(all)
+}
