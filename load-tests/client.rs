@@ -154,6 +154,13 @@ pub struct Tally {
     pub ok: Histogram<u64>,
     /// Latency of 429 and 503 answers, µs.
     pub shed: Histogram<u64>,
+    /// The same answers timed from when each request actually went out: the server's share
+    /// alone, without the wait for a free connection (equal to the above in closed loop).
+    pub ok_from_send: Histogram<u64>,
+    pub shed_from_send: Histogram<u64>,
+    /// Open loop: how late each request went out (waiting for a free connection or for CPU),
+    /// µs; already part of its latency. High values mean the generator could not keep up.
+    pub send_lag: Histogram<u64>,
     pub statuses: std::collections::BTreeMap<u16, u64>,
     pub transport_errors: u64,
     pub first_error: Option<String>,
@@ -161,6 +168,8 @@ pub struct Tally {
     pub receipts: Vec<(String, Contact)>,
     /// From the first send to the last answer.
     pub elapsed: Duration,
+    /// Open loop: requests the schedule called for (all of them are due before the end).
+    pub scheduled: u64,
 }
 
 impl Tally {
@@ -168,17 +177,24 @@ impl Tally {
         Ok(Self {
             ok: Histogram::new_with_bounds(1, MAX_MICROS, 3)?,
             shed: Histogram::new_with_bounds(1, MAX_MICROS, 3)?,
+            send_lag: Histogram::new_with_bounds(1, MAX_MICROS, 3)?,
+            ok_from_send: Histogram::new_with_bounds(1, MAX_MICROS, 3)?,
+            shed_from_send: Histogram::new_with_bounds(1, MAX_MICROS, 3)?,
             statuses: Default::default(),
             transport_errors: 0,
             first_error: None,
             receipts: Vec::new(),
             elapsed: Duration::ZERO,
+            scheduled: 0,
         })
     }
 
     fn merge(&mut self, other: Self) -> anyhow::Result<()> {
         self.ok.add(&other.ok)?;
         self.shed.add(&other.shed)?;
+        self.send_lag.add(&other.send_lag)?;
+        self.ok_from_send.add(&other.ok_from_send)?;
+        self.shed_from_send.add(&other.shed_from_send)?;
         for (status, n) in other.statuses {
             *self.statuses.entry(status).or_default() += n;
         }
@@ -188,6 +204,11 @@ impl Tally {
         }
         self.receipts.extend(other.receipts);
         Ok(())
+    }
+
+    /// Requests sent, answered or not.
+    pub fn sent(&self) -> u64 {
+        self.statuses.values().sum::<u64>() + self.transport_errors
     }
 
     pub fn count(&self, status: u16) -> u64 {
@@ -203,11 +224,24 @@ impl Tally {
         n as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    fn record(&mut self, workload: &Workload, pick: usize, reply: &Reply, micros: u64) {
+    fn record(
+        &mut self,
+        workload: &Workload,
+        pick: usize,
+        reply: &Reply,
+        (micros, from_send): (u64, u64),
+    ) {
         *self.statuses.entry(reply.status).or_default() += 1;
+        let (micros, from_send) = (micros.clamp(1, MAX_MICROS), from_send.clamp(1, MAX_MICROS));
         match reply.status {
-            200..=299 => self.ok.saturating_record(micros.clamp(1, MAX_MICROS)),
-            429 | 503 => self.shed.saturating_record(micros.clamp(1, MAX_MICROS)),
+            200..=299 => {
+                self.ok.saturating_record(micros);
+                self.ok_from_send.saturating_record(from_send);
+            }
+            429 | 503 => {
+                self.shed.saturating_record(micros);
+                self.shed_from_send.saturating_record(from_send);
+            }
             _ => {}
         }
         if let (201, Workload::Reports { samples, .. }) = (reply.status, workload) {
@@ -216,7 +250,8 @@ impl Tally {
                 receipt: String,
             }
             if let Ok(a) = serde_json::from_slice::<Accepted>(&reply.body) {
-                self.receipts.push((a.receipt, samples[pick].contact.clone()));
+                self.receipts
+                    .push((a.receipt, samples[pick].contact.clone()));
             }
         }
     }
@@ -261,12 +296,21 @@ pub async fn run(
                             break;
                         }
                         let due = start + Duration::from_secs_f64(i as f64 / rate);
-                        if due > Instant::now() {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            // Whatever is still unsent at the end stays unsent (and is
+                            // reported): the phase is bounded in time, not in requests.
+                            break;
+                        }
+                        if due > now {
                             // On time: the timer's own slack is ours, not the server's.
                             tokio::time::sleep_until(due).await;
+                            tally.send_lag.saturating_record(1);
                             Instant::now()
                         } else {
                             // Behind: the wait for a free connection is the server's doing.
+                            let lag = (now - due).as_micros() as u64;
+                            tally.send_lag.saturating_record(lag.clamp(1, MAX_MICROS));
                             due
                         }
                     }
@@ -275,7 +319,9 @@ pub async fn run(
                 let (method, path, body, pick, key) = match &workload {
                     Workload::Reports { samples, tag } => {
                         let pick = (worker.wrapping_mul(7919) + seq as usize) % samples.len();
-                        let key = (seq % 5 == 0).then(|| format!("{tag}-{worker}-{seq}"));
+                        let key = seq
+                            .is_multiple_of(5)
+                            .then(|| format!("{tag}-{worker}-{seq}"));
                         let body = samples[pick].body.clone();
                         (Method::POST, "/api/v1/reports", Some(body), pick, key)
                     }
@@ -288,10 +334,12 @@ pub async fn run(
                     .as_deref()
                     .map(|k| vec![("idempotency-key", k)])
                     .unwrap_or_default();
+                let sent_at = Instant::now();
                 match conn.send(method, path, &headers, body).await {
                     Ok(reply) => {
                         let micros = clock_from.elapsed().as_micros() as u64;
-                        tally.record(&workload, pick, &reply, micros);
+                        let from_send = sent_at.elapsed().as_micros() as u64;
+                        tally.record(&workload, pick, &reply, (micros, from_send));
                     }
                     Err(e) => {
                         tally.transport_errors += 1;
@@ -311,5 +359,8 @@ pub async fn run(
         all.merge(joined??)?;
     }
     all.elapsed = start.elapsed();
+    if let Pace::Open(_) = pace {
+        all.scheduled = total;
+    }
     Ok(all)
 }

@@ -13,6 +13,8 @@ use sqlx::{Connection as _, PgConnection, SqliteConnection};
 
 use crate::reports::Contact;
 
+/// A stored contact hash: the phone's and the e-mail's, each if given.
+type Hashes = (Option<Vec<u8>>, Option<Vec<u8>>);
 type Row = (String, Option<Vec<u8>>, Option<Vec<u8>>);
 const ROWS: &str = "SELECT receipt, phone_hmac, email_hmac FROM reports";
 
@@ -43,7 +45,7 @@ pub async fn audit(
         sqlx::query_as(ROWS).fetch_all(&mut conn).await?
     };
     let keys = Keys::from_hex(master_key).map_err(anyhow::Error::msg)?;
-    let stored: HashMap<String, (Option<Vec<u8>>, Option<Vec<u8>>)> = rows
+    let stored: HashMap<String, Hashes> = rows
         .into_iter()
         .map(|(receipt, phone, email)| (receipt, (phone, email)))
         .collect();
@@ -67,7 +69,9 @@ pub async fn audit(
                 phone_hmac,
             ),
             Contact::Email(e) => (
-                EmailAddress::parse(e).context("a sent e-mail")?.normalised(),
+                EmailAddress::parse(e)
+                    .context("a sent e-mail")?
+                    .normalised(),
                 email_hmac,
             ),
         };

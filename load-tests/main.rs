@@ -75,7 +75,9 @@ struct Common {
     #[arg(long, default_value_t = 64)]
     connections: usize,
     /// Connections of the open-loop overload phase (requests wait for a free one).
-    #[arg(long, default_value_t = 256)]
+    /// Connections of the open-loop overload phase: enough that requests held by the store do
+    /// not keep the others from being sent (a request waits for a free one).
+    #[arg(long, default_value_t = 1024)]
     overload_connections: usize,
     /// Overload offered, as a multiple of the sustainable rate.
     #[arg(long, default_value_t = 3.0)]
@@ -153,10 +155,16 @@ fn machine_banner(common: &Common) {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     println!("# Reliefline benchmarks");
     println!(
         "machine: {cores} cores ({model}); the load generator, the service and the baseline \
          all share them (nothing pinned), loopback 127.0.0.1 only"
+    );
+    println!(
+        "load average before start: {} (other work on the machine skews every figure)",
+        load.join(" ")
     );
     println!(
         "store: {}; phases of {} s after {} s warm-up; {} connections closed loop, {} open loop",
@@ -207,7 +215,8 @@ impl Workspace {
             (format!("sqlite://{}", file.display()), None)
         };
         let spec = ServiceSpec {
-            bin: common.service_bin.clone(),
+            // The service runs in the temp folder: a relative path must not change meaning.
+            bin: std::fs::canonicalize(&common.service_bin)?,
             work_dir: dir.path().to_owned(),
             database_url,
             master_key: service::random_hex(32),
@@ -294,7 +303,14 @@ async fn measure_baseline(common: &Common) -> anyhow::Result<Baseline> {
         tag: format!("base-{}", service::random_hex(4)),
     };
     let warmup = Duration::from_secs(common.warmup);
-    client::run(server.http, &workload, Pace::Closed, common.connections, warmup).await?;
+    client::run(
+        server.http,
+        &workload,
+        Pace::Closed,
+        common.connections,
+        warmup,
+    )
+    .await?;
     let tally = client::run(
         server.http,
         &workload,
@@ -308,7 +324,9 @@ async fn measure_baseline(common: &Common) -> anyhow::Result<Baseline> {
         per_second: tally.per_second(tally.count(201)),
         p99_ms: ms(&tally.ok, 0.99),
     };
-    println!("## Baseline: axum 0.8 handler parsing the report JSON, answering 201, storing nothing");
+    println!(
+        "## Baseline: axum 0.8 handler parsing the report JSON, answering 201, storing nothing"
+    );
     table(&[
         ("answered 201/s", format!("{:.0}", base.per_second)),
         ("p99 latency", format!("{:.2} ms", base.p99_ms)),
@@ -366,12 +384,8 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
     let per_minute = (sustainable * 60.0).floor();
     let burst = ((sustainable / 20.0).ceil() as u64).max(1);
     let offered = sustainable * common.overload_factor;
-    let svc = service::start_service(
-        &ws.spec,
-        Some((per_minute, burst)),
-        "service-overload.log",
-    )
-    .await?;
+    let svc =
+        service::start_service(&ws.spec, Some((per_minute, burst)), "service-overload.log").await?;
     let mut open = client::run(
         svc.http,
         &workload("open"),
@@ -398,10 +412,22 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
             "ratio intake / baseline",
             format!("{ratio:.2}  (target >= 0.5: {})", verdict(ratio >= 0.5)),
         ),
-        ("accepted latency p50", format!("{:.2} ms", ms(&closed.ok, 0.5))),
-        ("accepted latency p99", format!("{:.2} ms", ms(&closed.ok, 0.99))),
-        ("accepted latency p99.9", format!("{:.2} ms", ms(&closed.ok, 0.999))),
-        ("429 / 503", format!("{} / {}", closed.count(429), closed.count(503))),
+        (
+            "accepted latency p50",
+            format!("{:.2} ms", ms(&closed.ok, 0.5)),
+        ),
+        (
+            "accepted latency p99",
+            format!("{:.2} ms", ms(&closed.ok, 0.99)),
+        ),
+        (
+            "accepted latency p99.9",
+            format!("{:.2} ms", ms(&closed.ok, 0.999)),
+        ),
+        (
+            "429 / 503",
+            format!("{} / {}", closed.count(429), closed.count(503)),
+        ),
         ("other answers", others(&closed, &[201, 429, 503])),
         ("transport errors", errors(&closed)),
     ]);
@@ -413,23 +439,65 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
     );
     table(&[
         (
+            "sent/s",
+            format!(
+                "{:.0}; {} of {} scheduled (send lag p50 {:.2} ms, p99 {:.2} ms)",
+                open.per_second(open.sent()),
+                open.sent(),
+                open.scheduled,
+                ms(&open.send_lag, 0.5),
+                ms(&open.send_lag, 0.99)
+            ),
+        ),
+        (
             "accepted reports/s",
             format!("{:.0}", open.per_second(open.count(201))),
         ),
-        ("accepted latency p50", format!("{:.2} ms", ms(&open.ok, 0.5))),
+        (
+            "accepted latency p50",
+            format!("{:.2} ms", ms(&open.ok, 0.5)),
+        ),
         (
             "accepted latency p99",
-            format!("{open_ok_p99:.2} ms  (target < 100 ms: {})", verdict(open_ok_p99 < 100.0)),
+            format!(
+                "{open_ok_p99:.2} ms  (target < 100 ms: {})",
+                verdict(open_ok_p99 < 100.0)
+            ),
         ),
-        ("accepted latency p99.9", format!("{:.2} ms", ms(&open.ok, 0.999))),
-        ("429 / 503", format!("{} / {}", open.count(429), open.count(503))),
+        (
+            "accepted latency p99.9",
+            format!("{:.2} ms", ms(&open.ok, 0.999)),
+        ),
+        (
+            "  from actual send p50/p99",
+            format!(
+                "{:.2} / {:.2} ms",
+                ms(&open.ok_from_send, 0.5),
+                ms(&open.ok_from_send, 0.99)
+            ),
+        ),
+        (
+            "429 / 503",
+            format!("{} / {}", open.count(429), open.count(503)),
+        ),
         (
             "429/503 latency p99",
             if open.shed.is_empty() {
                 "none shed".into()
             } else {
-                format!("{shed_p99:.2} ms  (target < 5 ms: {})", verdict(shed_p99 < 5.0))
+                format!(
+                    "{shed_p99:.2} ms  (target < 5 ms: {})",
+                    verdict(shed_p99 < 5.0)
+                )
             },
+        ),
+        (
+            "  from actual send p50/p99",
+            format!(
+                "{:.2} / {:.2} ms",
+                ms(&open.shed_from_send, 0.5),
+                ms(&open.shed_from_send, 0.99)
+            ),
         ),
         ("other answers", others(&open, &[201, 429, 503])),
         ("transport errors", errors(&open)),
@@ -438,7 +506,10 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
     table(&[
         (
             "peak RSS (VmHWM)",
-            format!("{peak_mib:.0} MiB  (target < 300 MiB: {})", verdict(peak_mib < 300.0)),
+            format!(
+                "{peak_mib:.0} MiB  (target < 300 MiB: {})",
+                verdict(peak_mib < 300.0)
+            ),
         ),
         (
             "receipts acknowledged",
@@ -461,7 +532,9 @@ async fn status_cache_counts(svc: &Running) -> anyhow::Result<(f64, f64)> {
     let value = |result: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with("reliefline_cache_requests_total{"))
-            .filter(|l| l.contains(r#"cache="status""#) && l.contains(&format!(r#"result="{result}""#)))
+            .filter(|l| {
+                l.contains(r#"cache="status""#) && l.contains(&format!(r#"result="{result}""#))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
@@ -482,7 +555,9 @@ async fn status(args: &StatusArgs, base: &Baseline) -> anyhow::Result<bool> {
         let reply = client::once(svc.http, Method::GET, path, &[], None).await?;
         match reply.status {
             200..=299 => present.push(path.clone()),
-            404 => notes.push(format!("{path}: route not present in this build (404), skipped")),
+            404 => notes.push(format!(
+                "{path}: route not present in this build (404), skipped"
+            )),
             other => notes.push(format!("{path}: answered {other}, skipped")),
         }
     }
@@ -509,7 +584,13 @@ async fn status(args: &StatusArgs, base: &Baseline) -> anyhow::Result<bool> {
     let before = status_cache_counts(&svc).await?;
     let duration = Duration::from_secs(common.duration);
     let (read, write) = tokio::join!(
-        client::run(svc.http, &readers, Pace::Closed, common.connections, duration),
+        client::run(
+            svc.http,
+            &readers,
+            Pace::Closed,
+            common.connections,
+            duration
+        ),
         client::run(svc.http, &writers, Pace::Open(args.write_rate), 8, duration),
     );
     let (read, write) = (read?, write?);
@@ -551,7 +632,10 @@ async fn status(args: &StatusArgs, base: &Baseline) -> anyhow::Result<bool> {
                 others(&write, &[201])
             ),
         ),
-        ("peak RSS (VmHWM)", format!("{:.0} MiB", peak as f64 / 1024.0)),
+        (
+            "peak RSS (VmHWM)",
+            format!("{:.0} MiB", peak as f64 / 1024.0),
+        ),
         ("lost", audit.lost.to_string()),
         ("stored contact differs", audit.wrong_contact.to_string()),
     ]);

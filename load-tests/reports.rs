@@ -105,7 +105,9 @@ const HARM_TYPES: &[&str] = &[
     "other",
 ];
 
-const FAMILY: &[&str] = &["김", "이", "박", "최", "정", "강", "조", "윤", "장", "임", "한", "오"];
+const FAMILY: &[&str] = &[
+    "김", "이", "박", "최", "정", "강", "조", "윤", "장", "임", "한", "오",
+];
 const GIVEN: &[&str] = &[
     "민준", "서연", "지훈", "하은", "도윤", "지우", "예준", "수아", "현우", "서윤", "길동", "영희",
 ];
@@ -144,7 +146,13 @@ const CLOSINGS: &[&str] = &[
     "",
 ];
 
-const MAIL_DOMAINS: &[&str] = &["naver.com", "daum.net", "gmail.com", "kakao.com", "example.kr"];
+const MAIL_DOMAINS: &[&str] = &[
+    "naver.com",
+    "daum.net",
+    "gmail.com",
+    "kakao.com",
+    "example.kr",
+];
 
 fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
     from[rng.random_range(0..from.len())]
@@ -240,7 +248,9 @@ pub fn pool(count: usize, seed: u64, incident_id: Option<&str>) -> Vec<Sample> {
                     personal_info: true,
                 },
             };
-            let body = serde_json::to_vec(&body).map(Bytes::from).unwrap_or_default();
+            let body = serde_json::to_vec(&body)
+                .map(Bytes::from)
+                .unwrap_or_default();
             Sample { body, contact }
         })
         .collect()

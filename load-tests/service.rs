@@ -169,7 +169,10 @@ impl Running {
                 );
             }
             if proc_status_kib(self.pid, "VmRSS:").is_none() {
-                bail!("the process exited while starting; its log:\n{}", self.log_tail());
+                bail!(
+                    "the process exited while starting; its log:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -207,7 +210,10 @@ impl Running {
         self.sampler.abort();
         // The baseline server dies of SIGTERM by design; the service must exit cleanly.
         if self.metrics.is_some() && !exit.success() {
-            bail!("the service exited with {exit}; its log:\n{}", self.log_tail());
+            bail!(
+                "the service exited with {exit}; its log:\n{}",
+                self.log_tail()
+            );
         }
         Ok(peak)
     }
