@@ -364,3 +364,84 @@ pub async fn run(
     }
     Ok(all)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The baseline server in this process, on a free port.
+    async fn baseline() -> SocketAddr {
+        let addr = crate::service::free_addr().expect("port");
+        tokio::spawn(crate::baseline::serve(addr));
+        for _ in 0..200 {
+            if once(addr, Method::GET, "/healthz", &[], None).await.is_ok() {
+                return addr;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("baseline server did not start");
+    }
+
+    fn reports() -> Workload {
+        Workload::Reports {
+            samples: Arc::new(crate::reports::pool(64, 5, None)),
+            tag: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn closed_loop_counts_every_answer_and_keeps_every_receipt() {
+        let addr = baseline().await;
+        let tally = run(
+            addr,
+            &reports(),
+            Pace::Closed,
+            4,
+            Duration::from_millis(300),
+        )
+        .await
+        .expect("run");
+        assert!(tally.count(201) > 0);
+        assert_eq!(tally.sent(), tally.count(201), "{:?}", tally.statuses);
+        assert_eq!(tally.receipts.len() as u64, tally.count(201));
+        assert_eq!(tally.ok.len(), tally.count(201));
+        assert_eq!(tally.transport_errors, 0, "{:?}", tally.first_error);
+    }
+
+    #[tokio::test]
+    async fn open_loop_sends_at_most_what_the_schedule_holds() {
+        let addr = baseline().await;
+        let tally = run(
+            addr,
+            &reports(),
+            Pace::Open(200.0),
+            4,
+            Duration::from_millis(500),
+        )
+        .await
+        .expect("run");
+        assert_eq!(tally.scheduled, 100);
+        assert!(tally.sent() <= tally.scheduled);
+        assert!(tally.sent() > 0);
+        assert_eq!(tally.send_lag.len(), tally.sent());
+    }
+
+    #[tokio::test]
+    async fn a_refused_body_is_counted_not_kept() {
+        let addr = baseline().await;
+        let bad = Workload::Reports {
+            samples: Arc::new(vec![Sample {
+                body: Bytes::from_static(br#"{"provider": "Kakao"}"#),
+                contact: Contact::Email("a@example.kr".into()),
+            }]),
+            tag: "bad".into(),
+        };
+        let tally = run(addr, &bad, Pace::Closed, 2, Duration::from_millis(100))
+            .await
+            .expect("run");
+        assert_eq!(tally.count(201), 0);
+        assert!(tally.count(422) > 0, "{:?}", tally.statuses);
+        assert!(tally.receipts.is_empty());
+        assert!(tally.ok.is_empty());
+    }
+}

@@ -591,7 +591,13 @@ async fn status(args: &StatusArgs, base: &Baseline) -> anyhow::Result<bool> {
             common.connections,
             duration
         ),
-        client::run(svc.http, &writers, Pace::Open(args.write_rate), 8, duration),
+        client::run(
+            svc.http,
+            &writers,
+            Pace::Open(args.write_rate),
+            32,
+            duration
+        ),
     );
     let (read, write) = (read?, write?);
     let after = status_cache_counts(&svc).await?;

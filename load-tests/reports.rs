@@ -255,3 +255,55 @@ pub fn pool(count: usize, seed: u64, incident_id: Option<&str>) -> Vec<Sample> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use reliefline::domain::{EmailAddress, PhoneNumber};
+    use reliefline::intake::ValidReport;
+
+    use super::*;
+
+    #[test]
+    fn every_generated_report_passes_the_services_validation() {
+        let incident = uuid::Uuid::now_v7().to_string();
+        for sample in pool(1000, 7, Some(&incident)) {
+            let body: serde_json::Value = serde_json::from_slice(&sample.body).expect("JSON");
+            if let Err(fields) = ValidReport::from_json(&body, Utc::now()) {
+                panic!("{body} is refused: {fields:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn contacts_come_in_every_accepted_form() {
+        let samples = pool(1000, 11, None);
+        let phones: Vec<&str> = samples
+            .iter()
+            .filter_map(|s| match &s.contact {
+                Contact::Phone(p) => Some(p.as_str()),
+                Contact::Email(_) => None,
+            })
+            .collect();
+        let emails = samples
+            .iter()
+            .filter(|s| matches!(&s.contact, Contact::Email(e) if EmailAddress::parse(e).is_ok()))
+            .count();
+        assert!(emails > 100, "{emails} e-mail-only reporters");
+        for (form, found) in [
+            ("hyphens", phones.iter().any(|p| p.starts_with("010-"))),
+            ("digits only", phones.iter().any(|p| p.len() == 11)),
+            ("+82", phones.iter().any(|p| p.starts_with("+82 10 "))),
+            ("full width", phones.iter().any(|p| p.starts_with('０'))),
+        ] {
+            assert!(found, "no phone written with {form}");
+        }
+        assert!(phones.iter().all(|p| PhoneNumber::parse(p).is_ok()));
+        let keyed: std::collections::HashSet<_> = samples.iter().map(|s| &s.body).collect();
+        assert!(
+            keyed.len() > 990,
+            "bodies should differ: {} distinct",
+            keyed.len()
+        );
+    }
+}

@@ -51,8 +51,8 @@ pub struct Running {
     sampler: tokio::task::JoinHandle<()>,
 }
 
-/// The service, configured for a benchmark: every report limit given by `limits` (per_minute,
-/// burst) or none at all, surge detection off (the scenario declares its incident itself).
+/// The service, configured for a benchmark: no per-address report limit, the admission limit
+/// `(per_minute, burst)` or none, surge detection off (the scenario declares its incident).
 pub async fn start_service(
     spec: &ServiceSpec,
     admission: Option<(f64, u64)>,
@@ -216,5 +216,19 @@ impl Running {
             );
         }
         Ok(peak)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_memory_fields_of_a_live_process() {
+        let me = std::process::id();
+        let hwm = proc_status_kib(me, "VmHWM:").expect("VmHWM");
+        let rss = proc_status_kib(me, "VmRSS:").expect("VmRSS");
+        assert!(hwm >= rss && rss > 0, "VmHWM {hwm} kB, VmRSS {rss} kB");
+        assert_eq!(proc_status_kib(me, "NoSuchField:"), None);
     }
 }
