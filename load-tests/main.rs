@@ -82,6 +82,11 @@ struct Common {
     /// Overload offered, as a multiple of the sustainable rate.
     #[arg(long, default_value_t = 3.0)]
     overload_factor: f64,
+    /// Admission limit of the overload phase, as a share of the throughput measured in the
+    /// closed-loop phase. Refusing costs CPU too, so on shared cores less than 1.0 may be
+    /// needed for the admitted reports to be committed as fast as they come.
+    #[arg(long, default_value_t = 1.0)]
+    admission_share: f64,
 }
 
 #[derive(Args, Clone)]
@@ -381,8 +386,9 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
 
     // Phase 2: the admission limit set to the sustainable rate (what an operator would
     // configure), a burst of 50 ms worth, and 3x that rate offered on a fixed schedule.
-    let per_minute = (sustainable * 60.0).floor();
-    let burst = ((sustainable / 20.0).ceil() as u64).max(1);
+    let admitted = sustainable * common.admission_share;
+    let per_minute = (admitted * 60.0).floor().max(1.0);
+    let burst = ((admitted / 20.0).ceil() as u64).max(1);
     let offered = sustainable * common.overload_factor;
     let svc =
         service::start_service(&ws.spec, Some((per_minute, burst)), "service-overload.log").await?;
