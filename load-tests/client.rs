@@ -265,7 +265,10 @@ pub async fn run(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Tally> {
-    let start = Instant::now() + Duration::from_millis(5);
+    // Time for every connection to be opened before the clock starts.
+    let start = Instant::now()
+        + Duration::from_millis(20)
+        + connections as u32 * Duration::from_micros(100);
     let deadline = start + duration;
     let schedule = Arc::new(AtomicU64::new(0));
     let total = match pace {
@@ -279,6 +282,8 @@ pub async fn run(
         tasks.spawn(async move {
             let mut tally = Tally::new()?;
             let mut conn = Conn::new(addr);
+            // A failure here shows up, counted, on the first request.
+            drop(conn.connect().await);
             tokio::time::sleep_until(start).await;
             let mut seq = 0u64;
             loop {
