@@ -18,6 +18,7 @@ use crate::incident::{Clock, Incidents, Mode, ModeHandle, SurgeDetector};
 use crate::intake::{Batcher, BatcherOptions, Intake};
 use crate::ratelimit::{Limiters, Profile};
 use crate::store::{self, DynStore};
+use crate::web::Web;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -35,6 +36,8 @@ pub struct AppState {
     pub surge: SurgeDetector,
     /// Incident commands, cached public reads and the incident-mode evaluation.
     pub incidents: Arc<Incidents>,
+    /// The public pages' rendered-page caches.
+    pub web: Arc<Web>,
 }
 
 impl AppState {
@@ -113,6 +116,7 @@ impl App {
         );
         let limiters = Limiters::new(&config.rate_limits)?;
         background.spawn(limiters.clone().run_pruner(background_shutdown.clone()));
+        let web = Arc::new(Web::new(&config, incidents.mode()));
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -123,6 +127,7 @@ impl App {
             mode: incidents.mode().clone(),
             surge: incidents.surge().clone(),
             incidents,
+            web,
         };
         Ok(Self {
             state,

@@ -13,6 +13,7 @@ pub mod intake;
 pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 
 pub use app::{App, AppState};
 pub use config::Config;

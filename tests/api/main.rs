@@ -17,3 +17,4 @@ mod ops;
 mod rate_limits;
 mod store_contract;
 mod store_incidents;
+mod web;
