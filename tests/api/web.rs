@@ -83,6 +83,7 @@ async fn post_update(app: &TestApp, id: &str, status: &str, ko: &str, en: &str) 
 
 fn unescape(text: &str) -> String {
     text.replace("&quot;", "\"")
+        .replace("&#34;", "\"")
         .replace("&#39;", "'")
         .replace("&lt;", "<")
         .replace("&gt;", ">")
@@ -139,7 +140,11 @@ fn filled_form(csrf: &str, idem: &str, incident: &str) -> Vec<(&'static str, Str
 }
 
 /// Open the report form with `client`; its CSRF token and idempotency key.
-async fn open_form(app: &TestApp, client: &reqwest::Client, path: &str) -> (String, String, String) {
+async fn open_form(
+    app: &TestApp,
+    client: &reqwest::Client,
+    path: &str,
+) -> (String, String, String) {
     let r = client.get(app.url(path)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let html = r.text().await.unwrap();
@@ -165,7 +170,11 @@ async fn every_page_is_korean_by_default_and_english_on_request(backend: Backend
     let pages = [
         ("/", KO.home_title, EN.home_title),
         ("/", KO.banner_heading, EN.banner_heading),
-        ("/report", KO.report_incident_title, EN.report_incident_title),
+        (
+            "/report",
+            KO.report_incident_title,
+            EN.report_incident_title,
+        ),
         ("/report", KO.field_reporter_type, EN.field_reporter_type),
         ("/report", KO.submit_report, EN.submit_report),
         ("/lookup", KO.lookup_intro, EN.lookup_intro),
@@ -196,7 +205,14 @@ async fn every_page_is_korean_by_default_and_english_on_request(backend: Backend
 
     // The visible switch: it is on the page, and the choice sticks for later pages.
     let client = browser();
-    let html = client.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    let html = client
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("href=\"/?lang=en\""));
     assert!(html.contains(KO.switch_label));
     let r = client.get(app.url("/?lang=en")).send().await.unwrap();
@@ -217,7 +233,10 @@ async fn every_page_is_korean_by_default_and_english_on_request(backend: Backend
         .text()
         .await
         .unwrap();
-    assert!(html.contains(EN.status_title), "the cookie beats Accept-Language");
+    assert!(
+        html.contains(EN.status_title),
+        "the cookie beats Accept-Language"
+    );
     let html = client
         .get(app.url("/lookup?lang=ko"))
         .send()
@@ -240,11 +259,20 @@ async fn the_incident_form_is_prefilled_and_gives_one_receipt_per_form(backend: 
     let client = browser();
     let (csrf, idem, html) = open_form(&app, &client, "/report").await;
     assert!(html.contains("id=\"incident-header\""));
-    assert_eq!(value_of(&html, "incident_id").as_deref(), Some(incident.as_str()));
+    assert_eq!(
+        value_of(&html, "incident_id").as_deref(),
+        Some(incident.as_str())
+    );
     assert_eq!(value_of(&html, "provider").as_deref(), Some("Kakao"));
     assert_eq!(value_of(&html, "service").as_deref(), Some("KakaoTalk"));
-    assert_eq!(value_of(&html, "occurred_at").as_deref(), Some("2022-10-15T15:30"));
-    assert!(html.contains("Kakao T"), "every affected service is offered");
+    assert_eq!(
+        value_of(&html, "occurred_at").as_deref(),
+        Some("2022-10-15T15:30")
+    );
+    assert!(
+        html.contains("Kakao T"),
+        "every affected service is offered"
+    );
 
     // A second visitor gets another token and key from the same cached page.
     let (csrf2, idem2, _) = open_form(&app, &browser(), "/report").await;
@@ -252,7 +280,12 @@ async fn the_incident_form_is_prefilled_and_gives_one_receipt_per_form(backend: 
     assert_ne!(idem, idem2);
 
     let form = filled_form(&csrf, &idem, &incident);
-    let r = client.post(app.url("/report")).form(&form).send().await.unwrap();
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let html = r.text().await.unwrap();
@@ -261,7 +294,12 @@ async fn the_incident_form_is_prefilled_and_gives_one_receipt_per_form(backend: 
     assert!(html.contains(KO.receipt_how_lookup) && html.contains(KO.receipt_next));
 
     // Pressing submit again (or a retry after a lost answer) gives the same receipt.
-    let r = client.post(app.url("/report")).form(&form).send().await.unwrap();
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(receipt_of(&r.text().await.unwrap()), receipt);
     assert_eq!(count_reports(&app).await, 1);
 
@@ -282,7 +320,10 @@ async fn field_errors_are_shown_next_to_their_fields(backend: Backend) {
     };
     let client = browser();
     let (csrf, idem, html) = open_form(&app, &client, "/report?lang=en").await;
-    assert!(!html.contains("id=\"incident-header\""), "no incident: the general form");
+    assert!(
+        !html.contains("id=\"incident-header\""),
+        "no incident: the general form"
+    );
     let mut form = filled_form(&csrf, &idem, "");
     for (name, value) in &mut form {
         match *name {
@@ -294,7 +335,12 @@ async fn field_errors_are_shown_next_to_their_fields(backend: Backend) {
         }
     }
     form.retain(|(name, _)| *name != "consent");
-    let r = client.post(app.url("/report")).form(&form).send().await.unwrap();
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let html = r.text().await.unwrap();
     assert!(html.contains(EN.form_has_errors));
@@ -309,7 +355,10 @@ async fn field_errors_are_shown_next_to_their_fields(backend: Backend) {
             .find(&format!("id=\"{field}-error\""))
             .unwrap_or_else(|| panic!("no error for {field}"));
         let following = html[input..].find(&format!("id=\"{next}\"")).unwrap() + input;
-        assert!(input < error && error < following, "{field}'s error is not next to it");
+        assert!(
+            input < error && error < following,
+            "{field}'s error is not next to it"
+        );
         assert!(html[error..following].contains(message), "{field}");
     }
     assert!(!html.contains("id=\"email-error\""));
@@ -346,7 +395,12 @@ async fn a_busy_service_returns_the_form_with_everything_typed(backend: Backend)
     for _ in 0..8 {
         let (c, url) = (app.client.clone(), app.url("/api/v1/reports"));
         let task = tokio::spawn(async move {
-            c.post(url).json(&sample_report()).send().await.unwrap().status()
+            c.post(url)
+                .json(&sample_report())
+                .send()
+                .await
+                .unwrap()
+                .status()
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         if task.is_finished() {
@@ -359,7 +413,12 @@ async fn a_busy_service_returns_the_form_with_everything_typed(backend: Backend)
     assert!(full, "the intake queue never filled");
 
     let form = filled_form(&csrf, &idem, "");
-    let r = client.post(app.url("/report")).form(&form).send().await.unwrap();
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers()["retry-after"], "7");
     let html = r.text().await.unwrap();
@@ -372,7 +431,11 @@ async fn a_busy_service_returns_the_form_with_everything_typed(backend: Backend)
             "csrf" => assert_eq!(value_of(&html, name).as_deref(), Some(csrf.as_str())),
             "reporter_type" => assert!(checked(&html, "reporter_type-merchant")),
             "harm_type" => assert!(html.contains("value=\"business_loss\" selected")),
-            _ => assert_eq!(value_of(&html, name).as_deref(), Some(typed.as_str()), "{name}"),
+            _ => assert_eq!(
+                value_of(&html, name).as_deref(),
+                Some(typed.as_str()),
+                "{name}"
+            ),
         }
     }
     assert!(checked(&html, "notify_sms") && checked(&html, "consent"));
@@ -383,11 +446,25 @@ async fn a_busy_service_returns_the_form_with_everything_typed(backend: Backend)
         assert_eq!(task.await.unwrap(), StatusCode::CREATED);
     }
     // Trying again with the re-rendered form succeeds, once.
-    let form = filled_form(&value_of(&html, "csrf").unwrap(), &value_of(&html, "idem").unwrap(), "");
-    let r = client.post(app.url("/report")).form(&form).send().await.unwrap();
+    let form = filled_form(
+        &value_of(&html, "csrf").unwrap(),
+        &value_of(&html, "idem").unwrap(),
+        "",
+    );
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let before = count_reports(&app).await;
-    let r = client.post(app.url("/report")).form(&form).send().await.unwrap();
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(count_reports(&app).await, before);
     app.stop().await;
@@ -407,12 +484,26 @@ async fn a_rate_limited_form_comes_back_with_429_and_the_wait(backend: Backend) 
     let client = browser();
     let (csrf, _, _) = open_form(&app, &client, "/report").await;
     let first = filled_form(&csrf, "form-first", "");
-    let r = client.post(app.url("/report")).form(&first).send().await.unwrap();
+    let r = client
+        .post(app.url("/report"))
+        .form(&first)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let second = filled_form(&csrf, "form-second", "");
-    let r = client.post(app.url("/report")).form(&second).send().await.unwrap();
+    let r = client
+        .post(app.url("/report"))
+        .form(&second)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(wait >= 1);
     let html = r.text().await.unwrap();
     assert!(html.contains(&format!("<strong id=\"retry-seconds\">{wait}</strong>")));
@@ -466,7 +557,10 @@ async fn a_post_without_a_valid_token_is_refused_and_stores_nothing(backend: Bac
     // The lookup form is protected the same way.
     let r = browser()
         .post(app.url("/lookup"))
-        .form(&[("receipt", "HR-7K3M-Q9XD-2PZA-8WNE"), ("contact", "010-1234-5678")])
+        .form(&[
+            ("receipt", "HR-7K3M-Q9XD-2PZA-8WNE"),
+            ("contact", "010-1234-5678"),
+        ])
         .send()
         .await
         .unwrap();
@@ -504,15 +598,33 @@ async fn pages_carry_security_headers_and_lookups_are_never_stored(backend: Back
         let r = app.client.get(app.url(path)).send().await.unwrap();
         assert_security_headers(path, r.headers());
         let html = r.text().await.unwrap();
-        assert!(!html.contains("<script") && !html.contains("style="), "{path}");
+        assert!(
+            !html.contains("<script") && !html.contains("style="),
+            "{path}"
+        );
         assert!(html.contains("href=\"/static/site.css?v=1\""), "{path}");
     }
     let r = app.client.get(app.url("/lookup")).send().await.unwrap();
     assert_eq!(r.headers()["cache-control"], "no-store");
-    let css = app.client.get(app.url("/static/site.css")).send().await.unwrap();
+    let css = app
+        .client
+        .get(app.url("/static/site.css"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(css.status(), StatusCode::OK);
-    assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
-    assert!(css.headers()["cache-control"].to_str().unwrap().contains("max-age=31536000"));
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    assert!(
+        css.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=31536000")
+    );
 
     // A report, then its lookup: found with the right contact, one same page otherwise.
     let client = browser();
@@ -529,7 +641,11 @@ async fn pages_carry_security_headers_and_lookups_are_never_stored(backend: Back
         async move {
             client
                 .post(url)
-                .form(&[("csrf", csrf.as_str()), ("receipt", &receipt.to_lowercase()), ("contact", contact)])
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("receipt", &receipt.to_lowercase()),
+                    ("contact", contact),
+                ])
                 .send()
                 .await
                 .unwrap()
@@ -540,7 +656,10 @@ async fn pages_carry_security_headers_and_lookups_are_never_stored(backend: Back
     assert_eq!(r.headers()["cache-control"], "no-store");
     assert_security_headers("POST /lookup", r.headers());
     let html = r.text().await.unwrap();
-    assert!(html.contains("data-status=\"received\"") && html.contains(KO.report_status(reliefline::domain::ReportStatus::Received)));
+    assert!(
+        html.contains("data-status=\"received\"")
+            && html.contains(KO.report_status(reliefline::domain::ReportStatus::Received))
+    );
     assert!(html.contains(&receipt));
 
     let unknown = lookup("HR-7K3M-Q9XD-2PZA-8WNE".into(), "010-1234-5678").await;
@@ -565,7 +684,14 @@ async fn the_atom_feed_lists_every_update(backend: Backend) {
         return;
     };
     let id = declare(&app).await;
-    post_update(&app, &id, "identified", "배터리 화재가 원인입니다.", "A battery fire is the cause.").await;
+    post_update(
+        &app,
+        &id,
+        "identified",
+        "배터리 화재가 원인입니다.",
+        "A battery fire is the cause.",
+    )
+    .await;
     let r = app
         .client
         .get(app.url("/status/feed.atom?lang=en"))
@@ -585,8 +711,16 @@ async fn the_atom_feed_lists_every_update(backend: Backend) {
     assert!(chrono::DateTime::parse_from_rfc3339(&feed.updated).is_ok());
     assert_eq!(feed.entries.len(), 2, "{xml}");
     // Newest first, in the asked language.
-    assert!(feed.entries[0].content.contains("A battery fire is the cause."));
-    assert!(feed.entries[1].content.contains("A data-centre fire stopped the services."));
+    assert!(
+        feed.entries[0]
+            .content
+            .contains("A battery fire is the cause.")
+    );
+    assert!(
+        feed.entries[1]
+            .content
+            .contains("A data-centre fire stopped the services.")
+    );
     assert!(feed.entries[0].title.contains("Kakao services outage"));
     assert_ne!(feed.entries[0].id, feed.entries[1].id);
     assert_eq!(feed.updated, feed.entries[0].updated);
@@ -602,7 +736,11 @@ async fn the_atom_feed_lists_every_update(backend: Backend) {
         .await
         .unwrap();
     let feed = parse_atom(&xml);
-    assert_eq!(feed.entries.len(), 3, "a resolved incident stays in the feed");
+    assert_eq!(
+        feed.entries.len(),
+        3,
+        "a resolved incident stays in the feed"
+    );
     assert!(feed.entries[0].content.contains("복구되었습니다."));
     app.stop().await;
 }
@@ -671,7 +809,12 @@ fn parse_atom(xml: &str) -> AtomFeed {
                 // Character and entity references inside text.
                 let text = format!("&{};", String::from_utf8(r.to_vec()).unwrap());
                 let text = quick_xml::escape::unescape(&text).unwrap().into_owned();
-                if let [.., "entry", "content"] = path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                if let [.., "entry", "content"] = path
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
                     feed.entries.last_mut().unwrap().content.push_str(&text);
                 }
             }
@@ -714,9 +857,17 @@ async fn a_crowd_on_the_status_page_costs_one_store_query(backend: Backend) {
     assert!(bodies.iter().all(|b| b.contains("Kakao")));
     let data = app.state.incidents.cache_counts(CacheName::Status);
     let pages = app.state.web.cache_counts(PageCacheName::Status);
-    assert_eq!(data.misses - data_before.misses, 1, "one store query for everyone");
+    assert_eq!(
+        data.misses - data_before.misses,
+        1,
+        "one store query for everyone"
+    );
     assert_eq!(data.hits - data_before.hits, 59);
-    assert_eq!(pages.misses - page_before.misses, 2, "one rendering per language");
+    assert_eq!(
+        pages.misses - page_before.misses,
+        2,
+        "one rendering per language"
+    );
     assert_eq!(pages.hits - page_before.hits, 58);
     let metrics = app.metrics_text().await;
     assert!(
@@ -725,9 +876,26 @@ async fn a_crowd_on_the_status_page_costs_one_store_query(backend: Backend) {
     );
 
     // A new update makes the next visitor see it: one more load and rendering.
-    let id = app.state.incidents.open_incidents().await.unwrap().records[0].incident.id;
-    post_update(&app, &id.to_string(), "identified", "원인 확인", "Cause found").await;
-    let html = app.client.get(app.url("/status")).send().await.unwrap().text().await.unwrap();
+    let id = app.state.incidents.open_incidents().await.unwrap().records[0]
+        .incident
+        .id;
+    post_update(
+        &app,
+        &id.to_string(),
+        "identified",
+        "원인 확인",
+        "Cause found",
+    )
+    .await;
+    let html = app
+        .client
+        .get(app.url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("원인 확인"));
     assert_eq!(
         app.state.web.cache_counts(PageCacheName::Status).misses - page_before.misses,
