@@ -98,6 +98,9 @@ fn same_origin(headers: &HeaderMap, public_origin: &str) -> bool {
     }
     match text(header::ORIGIN.as_str()) {
         None => true,
+        // Browsers send `null` for a form post under a `no-referrer` policy; then only
+        // `Sec-Fetch-Site` (checked above) can vouch for it.
+        Some("null") => text("sec-fetch-site") == Some("same-origin"),
         Some(origin) => {
             let host = text(header::HOST.as_str()).unwrap_or_default();
             origin.eq_ignore_ascii_case(public_origin)
@@ -194,6 +197,14 @@ mod tests {
                 "{extra:?}"
             );
         }
+        let null_same_origin = post(
+            Some(&token),
+            &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+        );
+        assert_eq!(
+            check(&keys, &null_same_origin, Some(&token), ORIGIN),
+            Ok(())
+        );
         let via_host = post(Some(&token), &[("origin", "http://relief.example")]);
         assert_eq!(check(&keys, &via_host, Some(&token), ORIGIN), Ok(()));
     }

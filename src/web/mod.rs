@@ -168,6 +168,11 @@ impl IntoResponse for Html {
             header::CONTENT_LANGUAGE,
             HeaderValue::from_static(self.lang.code()),
         );
+        // Our own form posts then carry their origin; other sites still learn nothing.
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
         headers.insert(
             header::VARY,
             HeaderValue::from_static("Accept-Language, Cookie"),

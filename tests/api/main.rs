@@ -10,6 +10,7 @@
 
 mod helpers;
 
+mod browser;
 mod cli;
 mod incidents;
 mod intake;
