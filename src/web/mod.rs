@@ -150,6 +150,8 @@ impl Html {
 impl IntoResponse for Html {
     fn into_response(self) -> Response {
         let cache_control = match self.caching {
+            // An answer that sets a cookie is for this browser only.
+            Caching::Public if !self.set_cookies.is_empty() => "private, no-cache",
             Caching::Public => "public, max-age=5",
             Caching::Private => "private, no-cache",
             Caching::NoStore => "no-store",
