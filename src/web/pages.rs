@@ -542,7 +542,10 @@ pub async fn submit_report(
     let json = form.to_json();
     let report = match ValidReport::from_json(&json, Utc::now()) {
         Ok(report) => report,
-        Err(errors) => return invalid(&mut view, &errors, &form, again),
+        Err(errors) => {
+            crate::intake::reject("validation");
+            return invalid(&mut view, &errors, &form, again);
+        }
     };
     let key = IdempotencyKey::parse(form.idem.as_bytes()).ok();
     let idempotency = key.map(|k| (k, idempotency::request_hash(&json)));
@@ -591,7 +594,6 @@ fn invalid<'a>(
     form: &ReportForm,
     again: impl Fn(&FormState<'a>, &ReportForm, StatusCode) -> Response,
 ) -> Response {
-    crate::intake::reject("validation");
     view.errors = page_errors(errors, view.lang.text());
     again(view, form, StatusCode::UNPROCESSABLE_ENTITY)
 }
