@@ -303,6 +303,34 @@ async fn the_incident_form_is_prefilled_and_gives_one_receipt_per_form(backend: 
     assert_eq!(receipt_of(&r.text().await.unwrap()), receipt);
     assert_eq!(count_reports(&app).await, 1);
 
+    // The same form sent back with other content is not taken for the first one.
+    let mut changed = form.clone();
+    changed[10].1 = "다른 내용입니다.".into();
+    let r = client
+        .post(app.url("/report"))
+        .form(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(KO.already_used));
+    assert_ne!(value_of(&html, "idem").as_deref(), Some(idem.as_str()));
+    assert_eq!(
+        value_of(&html, "description").as_deref(),
+        Some("다른 내용입니다.")
+    );
+    assert_eq!(count_reports(&app).await, 1);
+
+    // An unknown incident is a page, not an API error.
+    let r = client
+        .get(app.url(&format!("/report?incident={}", uuid::Uuid::now_v7())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains(KO.not_found_title));
+
     // The report went the API's way: linked to the incident, through the web channel.
     let stored = app
         .store
@@ -311,6 +339,11 @@ async fn the_incident_form_is_prefilled_and_gives_one_receipt_per_form(backend: 
         .unwrap()
         .unwrap();
     assert_eq!(stored.incident_id.map(|i| i.to_string()), Some(incident));
+    assert!(
+        app.metrics_text()
+            .await
+            .contains("reliefline_reports_accepted_total{channel=\"web\"}")
+    );
     app.stop().await;
 }
 
