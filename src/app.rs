@@ -19,6 +19,7 @@ use crate::intake::{Batcher, BatcherOptions, Intake};
 use crate::ratelimit::{Limiters, Profile};
 use crate::store::{self, DynStore};
 use crate::subscribe::FanoutWorker;
+use crate::web::Web;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -36,6 +37,8 @@ pub struct AppState {
     pub surge: SurgeDetector,
     /// Incident commands, cached public reads and the incident-mode evaluation.
     pub incidents: Arc<Incidents>,
+    /// The public pages' rendered-page caches.
+    pub web: Arc<Web>,
 }
 
 impl AppState {
@@ -114,6 +117,7 @@ impl App {
         );
         let limiters = Limiters::new(&config.rate_limits)?;
         background.spawn(limiters.clone().run_pruner(background_shutdown.clone()));
+        let web = Arc::new(Web::new(&config, incidents.mode()));
         let state = AppState {
             config: Arc::new(config),
             store,
@@ -124,6 +128,7 @@ impl App {
             mode: incidents.mode().clone(),
             surge: incidents.surge().clone(),
             incidents,
+            web,
         };
         Ok(Self {
             state,

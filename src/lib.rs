@@ -14,6 +14,7 @@ pub mod ratelimit;
 pub mod store;
 pub mod subscribe;
 pub mod telemetry;
+pub mod web;
 
 pub use app::{App, AppState};
 pub use config::Config;

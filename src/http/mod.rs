@@ -38,7 +38,8 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(crate::intake::router())
         .merge(crate::incident::api::router())
-        .merge(crate::subscribe::router());
+        .merge(crate::subscribe::router())
+        .merge(crate::web::router());
     if state.config.metrics.listen.is_none() {
         routes = routes.merge(ops::metrics_router());
     }

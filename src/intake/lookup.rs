@@ -115,8 +115,27 @@ pub(crate) async fn lookup_report(
     let (receipt, contact) = parse_request(&value).map_err(ApiError::Validation)?;
     // Per receipt, whoever asks: guessing the contact of a known receipt is not possible.
     state.limiters.check_lookup_receipt(&receipt)?;
+    match matching_report(&state, &receipt, &contact).await? {
+        Some(report) => {
+            let incident = match report.incident_id {
+                Some(id) => incident_summary(&state, id).await,
+                None => None,
+            };
+            Ok(found(report, incident))
+        }
+        None => Err(ApiError::NotFound),
+    }
+}
+
+/// The report with `receipt` if `contact` is one given with it; `None` alike for an unknown
+/// receipt and a wrong contact. Rate limits are the caller's.
+pub(crate) async fn matching_report(
+    state: &AppState,
+    receipt: &Receipt,
+    contact: &Contact,
+) -> Result<Option<StoredReport>, ApiError> {
     let given = state.keys.hash(&contact.normalised());
-    let report = state.store.find_report(&receipt).await?;
+    let report = state.store.find_report(receipt).await?;
     // Compare against both stored hashes, or against a dummy when there is no report, so
     // every path does the same work.
     let dummy = [0u8; 32];
@@ -129,16 +148,7 @@ pub(crate) async fn lookup_report(
     let phone_matches = hashes_equal(&given, phone);
     let email_matches = hashes_equal(&given, email);
     let matches = phone_matches | email_matches;
-    match report {
-        Some(report) if matches => {
-            let incident = match report.incident_id {
-                Some(id) => incident_summary(&state, id).await,
-                None => None,
-            };
-            Ok(found(report, incident))
-        }
-        _ => Err(ApiError::NotFound),
-    }
+    Ok(report.filter(|_| matches))
 }
 
 /// The public summary of the incident a report belongs to, from the incident cache.

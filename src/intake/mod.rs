@@ -97,16 +97,22 @@ pub enum SubmitError {
     Internal(anyhow::Error),
 }
 
+impl SubmitError {
+    /// The `reason` label of `reliefline_reports_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "validation",
+            Self::IdempotencyMismatch => "idempotency",
+            Self::Overloaded { .. } => "overloaded",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
-        let reason = match &e {
-            SubmitError::Invalid(_) => "validation",
-            SubmitError::IdempotencyMismatch => "idempotency",
-            SubmitError::Overloaded { .. } => "overloaded",
-            SubmitError::StoreUnavailable => "store_unavailable",
-            SubmitError::Internal(_) => "internal",
-        };
-        metrics::counter!(names::REPORTS_REJECTED, "reason" => reason).increment(1);
+        metrics::counter!(names::REPORTS_REJECTED, "reason" => e.reason()).increment(1);
         match e {
             SubmitError::Invalid(fields) => Self::Validation(fields),
             SubmitError::IdempotencyMismatch => Self::Unprocessable {
@@ -325,7 +331,7 @@ pub(crate) async fn submit_report(
     Ok(accepted.into_response())
 }
 
-fn reject(reason: &'static str) {
+pub(crate) fn reject(reason: &'static str) {
     metrics::counter!(names::REPORTS_REJECTED, "reason" => reason).increment(1);
 }
 

@@ -267,7 +267,7 @@ async fn client_mistakes_get_the_contract_codes_and_store_nothing(backend: Backe
     app.stop().await;
 }
 
-async fn count_reports(app: &TestApp) -> i64 {
+pub(crate) async fn count_reports(app: &TestApp) -> i64 {
     match app.store.backend() {
         "sqlite" => {
             let pool = sqlx::SqlitePool::connect(&app.db.url).await.unwrap();
@@ -462,13 +462,13 @@ async fn a_full_queue_answers_503_at_once_and_loses_nothing(backend: Backend) {
 }
 
 /// An outside transaction that blocks report inserts until released.
-enum WriteLock {
+pub(crate) enum WriteLock {
     Sqlite(sqlx::SqliteConnection),
     Postgres(sqlx::PgConnection),
 }
 
 impl WriteLock {
-    async fn take(app: &TestApp) -> Self {
+    pub(crate) async fn take(app: &TestApp) -> Self {
         use sqlx::Connection as _;
         match app.store.backend() {
             "sqlite" => {
@@ -490,7 +490,7 @@ impl WriteLock {
         }
     }
 
-    async fn release(self) {
+    pub(crate) async fn release(self) {
         match self {
             Self::Sqlite(mut c) => {
                 sqlx::raw_sql("ROLLBACK").execute(&mut c).await.unwrap();

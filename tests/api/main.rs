@@ -10,6 +10,7 @@
 
 mod helpers;
 
+mod browser;
 mod cli;
 mod incidents;
 mod intake;
@@ -18,3 +19,4 @@ mod rate_limits;
 mod store_contract;
 mod store_incidents;
 mod subscriptions;
+mod web;

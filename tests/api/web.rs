@@ -1,0 +1,959 @@
+//! The public pages over real HTTP with a cookie-keeping client: languages, the form round
+//! trip (receipt, field errors, busy answers that keep every typed value), CSRF, security
+//! headers, the Atom feed and the page caches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reliefline::incident::CacheName;
+use reliefline::web::PageCacheName;
+use reliefline::web::i18n::{EN, KO};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, TestDb, sample_report};
+use crate::intake::{WriteLock, count_reports};
+use crate::on_both_backends;
+
+pub(crate) const TOKEN: &str = "commander-token-for-page-tests-0123";
+
+pub(crate) async fn spawn(
+    backend: Backend,
+    adjust: impl FnOnce(&mut reliefline::Config),
+) -> Option<TestApp> {
+    let db = TestDb::new(backend).await?;
+    Some(
+        TestApp::spawn_with(Arc::new(db), |c| {
+            c.admin.token = SecretString::from(TOKEN);
+            // Long lifetimes: expiry must never be what makes a test pass.
+            c.incident.read_cache_ttl_ms = 3_600_000;
+            c.incident.read_cache_ttl_incident_ms = 3_600_000;
+            c.incident.evaluate_interval_ms = 3_600_000;
+            adjust(c);
+        })
+        .await,
+    )
+}
+
+/// A browser-like client: keeps cookies, does not follow redirects.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Declare an incident as a commander; its id.
+pub(crate) async fn declare(app: &TestApp) -> String {
+    let r = app
+        .client
+        .post(app.url("/api/v1/incidents"))
+        .bearer_auth(TOKEN)
+        .json(&json!({
+            "title": {"ko": "카카오 서비스 장애", "en": "Kakao services outage"},
+            "provider": "Kakao",
+            "services": ["KakaoTalk", "Kakao T"],
+            "started_at": "2022-10-15T15:30:00+09:00",
+            "severity": "critical",
+            "message": {"ko": "데이터센터 화재로 서비스가 중단되었습니다.",
+                        "en": "A data-centre fire stopped the services."}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn post_update(app: &TestApp, id: &str, status: &str, ko: &str, en: &str) {
+    let r = app
+        .client
+        .post(app.url(&format!("/api/v1/incidents/{id}/updates")))
+        .bearer_auth(TOKEN)
+        .json(&json!({"status": status, "message": {"ko": ko, "en": en}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&#34;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The `value` of the input named `name`, or the text of the textarea named so.
+fn value_of(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\""))?;
+    let tag_start = html[..at].rfind('<')?;
+    let tag_end = at + html[at..].find('>')?;
+    let tag = &html[tag_start..tag_end];
+    if tag.starts_with("<textarea") {
+        let close = html[tag_end..].find("</textarea>")?;
+        return Some(unescape(&html[tag_end + 1..tag_end + close]));
+    }
+    let v = tag.find("value=\"")? + "value=\"".len();
+    let len = tag[v..].find('"')?;
+    Some(unescape(&tag[v..v + len]))
+}
+
+/// Whether the check box or radio button `id` is ticked.
+fn checked(html: &str, id: &str) -> bool {
+    let Some(at) = html.find(&format!("id=\"{id}\"")) else {
+        return false;
+    };
+    let end = at + html[at..].find('>').unwrap();
+    html[at..end].contains("checked")
+}
+
+/// The form fields a person would fill in, as the browser sends them.
+fn filled_form(csrf: &str, idem: &str, incident: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("csrf", csrf.to_owned()),
+        ("idem", idem.to_owned()),
+        ("incident_id", incident.to_owned()),
+        ("provider", "Kakao".into()),
+        ("service", "KakaoTalk".into()),
+        ("reporter_type", "merchant".into()),
+        ("harm_type", "business_loss".into()),
+        ("occurred_at", "2022-10-15T15:40".into()),
+        ("amount", "250000".into()),
+        ("title", "주문 알림 중단".into()),
+        (
+            "description",
+            "카카오톡 채널 주문 알림이 멈춰 \"주말\" 매출을 잃었습니다.".into(),
+        ),
+        ("name", "홍길동".into()),
+        ("phone", "010-1234-5678".into()),
+        ("email", "hong@example.kr".into()),
+        ("notify_sms", "on".into()),
+        ("consent", "on".into()),
+    ]
+}
+
+/// Open the report form with `client`; its CSRF token and idempotency key.
+async fn open_form(
+    app: &TestApp,
+    client: &reqwest::Client,
+    path: &str,
+) -> (String, String, String) {
+    let r = client.get(app.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = r.text().await.unwrap();
+    let csrf = value_of(&html, "csrf").expect("csrf field");
+    let idem = value_of(&html, "idem").expect("idem field");
+    (csrf, idem, html)
+}
+
+fn receipt_of(html: &str) -> String {
+    let at = html.find("id=\"receipt\">").expect("receipt on the page") + "id=\"receipt\">".len();
+    let len = html[at..].find('<').unwrap();
+    html[at..at + len].trim().to_owned()
+}
+
+// ---- languages ---------------------------------------------------------------------------
+
+async fn every_page_is_korean_by_default_and_english_on_request(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    declare(&app).await;
+    // (path, a Korean string it must show, the English one)
+    let pages = [
+        ("/", KO.home_title, EN.home_title),
+        ("/", KO.banner_heading, EN.banner_heading),
+        (
+            "/report",
+            KO.report_incident_title,
+            EN.report_incident_title,
+        ),
+        ("/report", KO.field_reporter_type, EN.field_reporter_type),
+        ("/report", KO.submit_report, EN.submit_report),
+        ("/lookup", KO.lookup_intro, EN.lookup_intro),
+        ("/status", KO.status_title, EN.status_title),
+        ("/status", "카카오 서비스 장애", "Kakao services outage"),
+        ("/status", KO.status_timeline, EN.status_timeline),
+    ];
+    for (path, ko, en) in pages {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()["content-language"], "ko");
+        let html = r.text().await.unwrap();
+        assert!(html.contains("<html lang=\"ko\">"), "{path}");
+        assert!(html.contains(ko) && !html.contains(en), "{path}: {ko}");
+
+        let r = app
+            .client
+            .get(app.url(path))
+            .header("accept-language", "en-US,en;q=0.9,ko;q=0.5")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["content-language"], "en");
+        let html = r.text().await.unwrap();
+        assert!(html.contains("<html lang=\"en\">"), "{path}");
+        assert!(html.contains(en) && !html.contains(ko), "{path}: {en}");
+    }
+
+    // The visible switch: it is on the page, and the choice sticks for later pages.
+    let client = browser();
+    let html = client
+        .get(app.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("href=\"/?lang=en\""));
+    assert!(html.contains(KO.switch_label));
+    let r = client.get(app.url("/?lang=en")).send().await.unwrap();
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("lang=en")
+    );
+    let html = r.text().await.unwrap();
+    assert!(html.contains(EN.home_title) && html.contains("href=\"/?lang=ko\""));
+    let html = client
+        .get(app.url("/status"))
+        .header("accept-language", "ko")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(EN.status_title),
+        "the cookie beats Accept-Language"
+    );
+    let html = client
+        .get(app.url("/lookup?lang=ko"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(KO.lookup_title));
+    app.stop().await;
+}
+
+// ---- the form round trip -----------------------------------------------------------------
+
+async fn the_incident_form_is_prefilled_and_gives_one_receipt_per_form(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    let incident = declare(&app).await;
+    let client = browser();
+    let (csrf, idem, html) = open_form(&app, &client, "/report").await;
+    assert!(html.contains("id=\"incident-header\""));
+    assert_eq!(
+        value_of(&html, "incident_id").as_deref(),
+        Some(incident.as_str())
+    );
+    assert_eq!(value_of(&html, "provider").as_deref(), Some("Kakao"));
+    assert_eq!(value_of(&html, "service").as_deref(), Some("KakaoTalk"));
+    assert_eq!(
+        value_of(&html, "occurred_at").as_deref(),
+        Some("2022-10-15T15:30")
+    );
+    assert!(
+        html.contains("Kakao T"),
+        "every affected service is offered"
+    );
+
+    // A second visitor gets another token and key from the same cached page.
+    let (csrf2, idem2, _) = open_form(&app, &browser(), "/report").await;
+    assert_ne!(csrf, csrf2);
+    assert_ne!(idem, idem2);
+
+    let form = filled_form(&csrf, &idem, &incident);
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let html = r.text().await.unwrap();
+    let receipt = receipt_of(&html);
+    assert!(receipt.starts_with("HR-"), "{receipt}");
+    assert!(html.contains(KO.receipt_how_lookup) && html.contains(KO.receipt_next));
+
+    // Pressing submit again (or a retry after a lost answer) gives the same receipt.
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(receipt_of(&r.text().await.unwrap()), receipt);
+    assert_eq!(count_reports(&app).await, 1);
+
+    // The same form sent back with other content is not taken for the first one.
+    let mut changed = form.clone();
+    changed[10].1 = "다른 내용입니다.".into();
+    let r = client
+        .post(app.url("/report"))
+        .form(&changed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(KO.already_used));
+    assert_ne!(value_of(&html, "idem").as_deref(), Some(idem.as_str()));
+    assert_eq!(
+        value_of(&html, "description").as_deref(),
+        Some("다른 내용입니다.")
+    );
+    assert_eq!(count_reports(&app).await, 1);
+
+    // An unknown incident is a page, not an API error.
+    let r = client
+        .get(app.url(&format!("/report?incident={}", uuid::Uuid::now_v7())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains(KO.not_found_title));
+
+    // The report went the API's way: linked to the incident, through the web channel.
+    let stored = app
+        .store
+        .find_report(&reliefline::domain::Receipt::parse(&receipt).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.incident_id.map(|i| i.to_string()), Some(incident));
+    assert!(
+        app.metrics_text()
+            .await
+            .contains("reliefline_reports_accepted_total{channel=\"web\"}")
+    );
+    app.stop().await;
+}
+
+async fn field_errors_are_shown_next_to_their_fields(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    let client = browser();
+    let (csrf, idem, html) = open_form(&app, &client, "/report?lang=en").await;
+    assert!(
+        !html.contains("id=\"incident-header\""),
+        "no incident: the general form"
+    );
+    let mut form = filled_form(&csrf, &idem, "");
+    for (name, value) in &mut form {
+        match *name {
+            "phone" => *value = "12-34".into(),
+            "description" => *value = "   ".into(),
+            "amount" => *value = "lots".into(),
+            "consent" => *value = String::new(),
+            _ => {}
+        }
+    }
+    form.retain(|(name, _)| *name != "consent");
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(EN.form_has_errors));
+    for (field, message, next) in [
+        ("phone", EN.error_phone, "email"),
+        ("description", EN.error_required, "name"),
+        ("amount", EN.error_amount, "title"),
+        ("consent", EN.error_consent, "submit"),
+    ] {
+        let input = html.find(&format!("name=\"{field}\"")).unwrap();
+        let error = html
+            .find(&format!("id=\"{field}-error\""))
+            .unwrap_or_else(|| panic!("no error for {field}"));
+        let following = html[input..].find(&format!("id=\"{next}\"")).unwrap() + input;
+        assert!(
+            input < error && error < following,
+            "{field}'s error is not next to it"
+        );
+        assert!(html[error..following].contains(message), "{field}");
+    }
+    assert!(!html.contains("id=\"email-error\""));
+    // What was typed is still there, the bad values included.
+    assert_eq!(value_of(&html, "phone").as_deref(), Some("12-34"));
+    assert_eq!(value_of(&html, "amount").as_deref(), Some("lots"));
+    assert_eq!(value_of(&html, "name").as_deref(), Some("홍길동"));
+    assert_eq!(value_of(&html, "idem").as_deref(), Some(idem.as_str()));
+    assert!(checked(&html, "reporter_type-merchant") && checked(&html, "notify_sms"));
+    assert_eq!(count_reports(&app).await, 0);
+    app.stop().await;
+}
+
+async fn a_busy_service_returns_the_form_with_everything_typed(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = TestApp::spawn_with(db.into(), |c| {
+        c.intake.queue_capacity = 2;
+        c.intake.batch_max = 1;
+        c.intake.batch_wait_ms = 0;
+        c.intake.postgres_writers = 1;
+        c.intake.overload_retry_after_secs = 7;
+        c.database.busy_timeout_ms = 60_000;
+    })
+    .await;
+    let client = browser();
+    let (csrf, idem, _) = open_form(&app, &client, "/report").await;
+
+    // Hold the writer and fill the queue through the API until it refuses.
+    let lock = WriteLock::take(&app).await;
+    let mut held = Vec::new();
+    let mut full = false;
+    for _ in 0..8 {
+        let (c, url) = (app.client.clone(), app.url("/api/v1/reports"));
+        let task = tokio::spawn(async move {
+            c.post(url)
+                .json(&sample_report())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if task.is_finished() {
+            assert_eq!(task.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+            full = true;
+            break;
+        }
+        held.push(task);
+    }
+    assert!(full, "the intake queue never filled");
+
+    let form = filled_form(&csrf, &idem, "");
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "7");
+    let html = r.text().await.unwrap();
+    assert!(html.contains(KO.busy_before) && html.contains(KO.busy_kept));
+    assert!(html.contains("<strong id=\"retry-seconds\">7</strong>"));
+    for (name, typed) in &form {
+        match *name {
+            "notify_sms" | "consent" | "incident_id" => {}
+            // The token is the one the cookie holds; everything else comes back as typed.
+            "csrf" => assert_eq!(value_of(&html, name).as_deref(), Some(csrf.as_str())),
+            "reporter_type" => assert!(checked(&html, "reporter_type-merchant")),
+            "harm_type" => assert!(html.contains("value=\"business_loss\" selected")),
+            _ => assert_eq!(
+                value_of(&html, name).as_deref(),
+                Some(typed.as_str()),
+                "{name}"
+            ),
+        }
+    }
+    assert!(checked(&html, "notify_sms") && checked(&html, "consent"));
+    assert!(!checked(&html, "notify_email"));
+
+    lock.release().await;
+    for task in held {
+        assert_eq!(task.await.unwrap(), StatusCode::CREATED);
+    }
+    // Trying again with the re-rendered form succeeds, once.
+    let form = filled_form(
+        &value_of(&html, "csrf").unwrap(),
+        &value_of(&html, "idem").unwrap(),
+        "",
+    );
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let before = count_reports(&app).await;
+    let r = client
+        .post(app.url("/report"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(count_reports(&app).await, before);
+    app.stop().await;
+}
+
+async fn a_rate_limited_form_comes_back_with_429_and_the_wait(backend: Backend) {
+    let Some(app) = spawn(backend, |c| {
+        for profile in [&mut c.rate_limits.normal, &mut c.rate_limits.incident] {
+            profile.report_ip.per_minute = 1.0;
+            profile.report_ip.burst = 1;
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let client = browser();
+    let (csrf, _, _) = open_form(&app, &client, "/report").await;
+    let first = filled_form(&csrf, "form-first", "");
+    let r = client
+        .post(app.url("/report"))
+        .form(&first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let second = filled_form(&csrf, "form-second", "");
+    let r = client
+        .post(app.url("/report"))
+        .form(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 1);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(&format!("<strong id=\"retry-seconds\">{wait}</strong>")));
+    assert_eq!(value_of(&html, "description"), Some(second[10].1.clone()));
+    assert_eq!(value_of(&html, "idem").as_deref(), Some("form-second"));
+    assert_eq!(count_reports(&app).await, 1);
+    app.stop().await;
+}
+
+// ---- CSRF and headers --------------------------------------------------------------------
+
+async fn a_post_without_a_valid_token_is_refused_and_stores_nothing(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    // No cookie, no token: a cross-site form post.
+    let r = browser()
+        .post(app.url("/report"))
+        .form(&filled_form("", "form-a", ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains(KO.forbidden_body));
+
+    let client = browser();
+    let (csrf, idem, _) = open_form(&app, &client, "/report").await;
+    // The cookie is sent but the field carries a made-up token.
+    let forged = format!("{}{}", "a".repeat(32), "b".repeat(32));
+    let r = client
+        .post(app.url("/report"))
+        .form(&filled_form(&forged, &idem, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The right token, but the browser says another site sent it.
+    for (header, value) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let r = client
+            .post(app.url("/report"))
+            .header(header, value)
+            .form(&filled_form(&csrf, &idem, ""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{header}");
+    }
+    // The lookup form is protected the same way.
+    let r = browser()
+        .post(app.url("/lookup"))
+        .form(&[
+            ("receipt", "HR-7K3M-Q9XD-2PZA-8WNE"),
+            ("contact", "010-1234-5678"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(count_reports(&app).await, 0);
+
+    // Same site, right token: accepted.
+    let r = client
+        .post(app.url("/report"))
+        .header("origin", format!("http://{}", app.addr))
+        .header("sec-fetch-site", "same-origin")
+        .form(&filled_form(&csrf, &idem, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(count_reports(&app).await, 1);
+    app.stop().await;
+}
+
+fn assert_security_headers(path: &str, headers: &HeaderMap) {
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'"), "{path}: {csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{path}");
+    assert!(!csp.contains("unsafe-inline"), "{path}");
+    assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+    assert!(headers.contains_key("referrer-policy"), "{path}");
+}
+
+async fn pages_carry_security_headers_and_lookups_are_never_stored(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    for path in ["/", "/report", "/lookup", "/status"] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_security_headers(path, r.headers());
+        let html = r.text().await.unwrap();
+        assert!(
+            !html.contains("<script") && !html.contains("style="),
+            "{path}"
+        );
+        assert!(html.contains("href=\"/static/site.css?v=1\""), "{path}");
+    }
+    let r = app.client.get(app.url("/lookup")).send().await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let css = app
+        .client
+        .get(app.url("/static/site.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.status(), StatusCode::OK);
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    assert!(
+        css.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age=31536000")
+    );
+
+    // A report, then its lookup: found with the right contact, one same page otherwise.
+    let client = browser();
+    let (csrf, idem, _) = open_form(&app, &client, "/report").await;
+    let r = client
+        .post(app.url("/report"))
+        .form(&filled_form(&csrf, &idem, ""))
+        .send()
+        .await
+        .unwrap();
+    let receipt = receipt_of(&r.text().await.unwrap());
+    let lookup = |receipt: String, contact: &'static str| {
+        let (client, url, csrf) = (client.clone(), app.url("/lookup"), csrf.clone());
+        async move {
+            client
+                .post(url)
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("receipt", &receipt.to_lowercase()),
+                    ("contact", contact),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = lookup(receipt.clone(), "01012345678").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_security_headers("POST /lookup", r.headers());
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("data-status=\"received\"")
+            && html.contains(KO.report_status(reliefline::domain::ReportStatus::Received))
+    );
+    assert!(html.contains(&receipt));
+
+    let unknown = lookup("HR-7K3M-Q9XD-2PZA-8WNE".into(), "010-1234-5678").await;
+    let wrong = lookup(receipt.clone(), "010-9999-9999").await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(wrong.status(), StatusCode::NOT_FOUND);
+    assert_eq!(wrong.headers()["cache-control"], "no-store");
+    let (unknown, wrong) = (unknown.text().await.unwrap(), wrong.text().await.unwrap());
+    assert!(unknown.contains(KO.lookup_not_found) && wrong.contains(KO.lookup_not_found));
+    assert!(!wrong.contains("data-status"));
+    let r = lookup("not a receipt".into(), "hong@").await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(KO.error_receipt) && html.contains(KO.error_contact));
+    app.stop().await;
+}
+
+// ---- the feed and the caches ---------------------------------------------------------------
+
+async fn the_atom_feed_lists_every_update(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    let id = declare(&app).await;
+    post_update(
+        &app,
+        &id,
+        "identified",
+        "배터리 화재가 원인입니다.",
+        "A battery fire is the cause.",
+    )
+    .await;
+    let r = app
+        .client
+        .get(app.url("/status/feed.atom?lang=en"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/atom+xml")
+    );
+    let xml = r.text().await.unwrap();
+    let feed = parse_atom(&xml);
+    assert!(feed.id.starts_with("http://") && !feed.title.is_empty());
+    assert!(chrono::DateTime::parse_from_rfc3339(&feed.updated).is_ok());
+    assert_eq!(feed.entries.len(), 2, "{xml}");
+    // Newest first, in the asked language.
+    assert!(
+        feed.entries[0]
+            .content
+            .contains("A battery fire is the cause.")
+    );
+    assert!(
+        feed.entries[1]
+            .content
+            .contains("A data-centre fire stopped the services.")
+    );
+    assert!(feed.entries[0].title.contains("Kakao services outage"));
+    assert_ne!(feed.entries[0].id, feed.entries[1].id);
+    assert_eq!(feed.updated, feed.entries[0].updated);
+
+    post_update(&app, &id, "resolved", "복구되었습니다.", "Restored.").await;
+    let xml = app
+        .client
+        .get(app.url("/status/feed.atom"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let feed = parse_atom(&xml);
+    assert_eq!(
+        feed.entries.len(),
+        3,
+        "a resolved incident stays in the feed"
+    );
+    assert!(feed.entries[0].content.contains("복구되었습니다."));
+    app.stop().await;
+}
+
+#[derive(Default, Debug)]
+struct AtomFeed {
+    id: String,
+    title: String,
+    updated: String,
+    entries: Vec<AtomEntry>,
+}
+
+#[derive(Default, Debug)]
+struct AtomEntry {
+    id: String,
+    title: String,
+    updated: String,
+    content: String,
+}
+
+/// A strict read of the feed: any malformed XML fails the test.
+fn parse_atom(xml: &str) -> AtomFeed {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut feed = AtomFeed::default();
+    let mut path: Vec<String> = Vec::new();
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            Event::Start(e) => {
+                let name = String::from_utf8(e.name().as_ref().to_vec()).unwrap();
+                if path.is_empty() {
+                    assert_eq!(name, "feed");
+                    let ns = e.try_get_attribute("xmlns").unwrap().unwrap();
+                    assert_eq!(&*ns.value, b"http://www.w3.org/2005/Atom");
+                }
+                if name == "entry" {
+                    feed.entries.push(AtomEntry::default());
+                }
+                path.push(name);
+            }
+            Event::End(_) => {
+                path.pop();
+            }
+            Event::Text(t) => {
+                let text = t.decode().unwrap();
+                let text = quick_xml::escape::unescape(&text).unwrap().into_owned();
+                let names: Vec<&str> = path.iter().map(String::as_str).collect();
+                match names.as_slice() {
+                    ["feed", "id"] => feed.id.push_str(&text),
+                    ["feed", "title"] => feed.title.push_str(&text),
+                    ["feed", "updated"] => feed.updated.push_str(&text),
+                    ["feed", "entry", field] => {
+                        let entry = feed.entries.last_mut().unwrap();
+                        match *field {
+                            "id" => entry.id.push_str(&text),
+                            "title" => entry.title.push_str(&text),
+                            "updated" => entry.updated.push_str(&text),
+                            "content" => entry.content.push_str(&text),
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Event::GeneralRef(r) => {
+                // Character and entity references inside text.
+                let text = format!("&{};", String::from_utf8(r.to_vec()).unwrap());
+                let text = quick_xml::escape::unescape(&text).unwrap().into_owned();
+                if let [.., "entry", "content"] = path
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
+                    feed.entries.last_mut().unwrap().content.push_str(&text);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert!(path.is_empty(), "unclosed elements: {path:?}");
+    feed
+}
+
+async fn a_crowd_on_the_status_page_costs_one_store_query(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    declare(&app).await;
+    let data_before = app.state.incidents.cache_counts(CacheName::Status);
+    let page_before = app.state.web.cache_counts(PageCacheName::Status);
+    let requests: Vec<_> = (0..60)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = app.url("/status");
+            let lang = if i % 2 == 0 { "ko" } else { "en" };
+            tokio::spawn(async move {
+                let r = client
+                    .get(url)
+                    .header("accept-language", lang)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                r.text().await.unwrap()
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for r in requests {
+        bodies.push(r.await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| b.contains("Kakao")));
+    let data = app.state.incidents.cache_counts(CacheName::Status);
+    let pages = app.state.web.cache_counts(PageCacheName::Status);
+    assert_eq!(
+        data.misses - data_before.misses,
+        1,
+        "one store query for everyone"
+    );
+    assert_eq!(data.hits - data_before.hits, 59);
+    assert_eq!(
+        pages.misses - page_before.misses,
+        2,
+        "one rendering per language"
+    );
+    assert_eq!(pages.hits - page_before.hits, 58);
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains("reliefline_cache_requests_total{cache=\"status_page\",result=\"hit\"}"),
+        "{metrics}"
+    );
+
+    // A new update makes the next visitor see it: one more load and rendering.
+    let id = app.state.incidents.open_incidents().await.unwrap().records[0]
+        .incident
+        .id;
+    post_update(
+        &app,
+        &id.to_string(),
+        "identified",
+        "원인 확인",
+        "Cause found",
+    )
+    .await;
+    let html = app
+        .client
+        .get(app.url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("원인 확인"));
+    assert_eq!(
+        app.state.web.cache_counts(PageCacheName::Status).misses - page_before.misses,
+        3
+    );
+    // The form page is cached too, without anyone's token in it.
+    let html = |client: reqwest::Client| {
+        let url = app.url("/report");
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let (a, b) = (html(browser()).await, html(browser()).await);
+    assert_ne!(value_of(&a, "csrf"), value_of(&b, "csrf"));
+    let forms = app.state.web.cache_counts(PageCacheName::ReportForm);
+    assert_eq!((forms.misses, forms.hits), (1, 1));
+    app.stop().await;
+}
+
+on_both_backends!(
+    every_page_is_korean_by_default_and_english_on_request,
+    the_incident_form_is_prefilled_and_gives_one_receipt_per_form,
+    field_errors_are_shown_next_to_their_fields,
+    a_busy_service_returns_the_form_with_everything_typed,
+    a_rate_limited_form_comes_back_with_429_and_the_wait,
+    a_post_without_a_valid_token_is_refused_and_stores_nothing,
+    pages_carry_security_headers_and_lookups_are_never_stored,
+    the_atom_feed_lists_every_update,
+    a_crowd_on_the_status_page_costs_one_store_query,
+);
