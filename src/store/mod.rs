@@ -25,7 +25,10 @@ pub use incidents::{
     Confirmation, Incident, IncidentRecord, IncidentStore, IncidentUpdate, NewIncident,
     NewIncidentUpdate, Transition,
 };
-pub use outbox::{MessageChannel, NewMessage};
+pub use outbox::{
+    MessageChannel, MessageState, NewMessage, OutboxMessage, OutboxProgress, OutboxStore, Outcome,
+    PendingStat, Requeue,
+};
 pub use postgres::PgStore;
 pub use reports::{
     HistoryEntry, IdempotencyRecord, IdempotentReport, NewReport, ReportStore, ReportWrite,
@@ -109,7 +112,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything Reliefline asks of its database: one trait per capability, plus the lifecycle.
 #[async_trait]
-pub trait Store: ReportStore + AuditStore + IncidentStore + Send + Sync + 'static {
+pub trait Store:
+    ReportStore + AuditStore + IncidentStore + OutboxStore + Send + Sync + 'static
+{
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 

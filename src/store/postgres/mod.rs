@@ -13,6 +13,7 @@ use crate::config::DatabaseConfig;
 
 mod audit;
 mod incidents;
+mod outbox;
 mod reports;
 
 const PING: &str = "SELECT 1";

@@ -14,6 +14,7 @@ use crate::config::DatabaseConfig;
 
 mod audit;
 mod incidents;
+mod outbox;
 mod reports;
 
 /// Liveness probe, the same on every backend.
