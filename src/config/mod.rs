@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::crypto::Keys;
+use crate::notify::NotifyConfig;
 use crate::ratelimit::RateLimitConfig;
 
 /// The commented defaults shipped inside the binary.
@@ -35,6 +36,7 @@ pub struct Config {
     pub incident: IncidentConfig,
     pub log: LogConfig,
     pub rate_limits: RateLimitConfig,
+    pub notify: NotifyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +353,7 @@ impl Config {
         self.rate_limits
             .validate()
             .map_err(|e| ConfigError(e.to_string()))?;
+        self.notify.validate().map_err(ConfigError)?;
         Ok(())
     }
 }

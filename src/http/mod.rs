@@ -37,7 +37,8 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(openapi::router())
         .merge(crate::intake::router())
-        .merge(crate::incident::api::router());
+        .merge(crate::incident::api::router())
+        .merge(crate::notify::api::router());
     if state.config.metrics.listen.is_none() {
         routes = routes.merge(ops::metrics_router());
     }
