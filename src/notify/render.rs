@@ -453,3 +453,154 @@ fn report_status_label(lang: Lang, status: &str) -> String {
         Lang::En => en.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{MessageChannel, MessageState};
+
+    async fn renderer(dir: &std::path::Path) -> Renderer {
+        let mut config = Config::defaults().unwrap();
+        config.database.url =
+            secrecy::SecretString::from(format!("sqlite://{}", dir.join("db").display()));
+        let store = crate::store::connect(&config.database).await.unwrap();
+        store.migrate().await.unwrap();
+        Renderer::new(
+            store,
+            Arc::new(Keys::from_master(&[7; 32])),
+            &RenderSettings {
+                public_base_url: "https://relief.example.kr/".into(),
+                contact_phone: "1335".into(),
+                contact_url: String::new(),
+            },
+        )
+        .unwrap()
+    }
+
+    fn message(template: &str, lang: &str, payload: serde_json::Value) -> OutboxMessage {
+        let at = Utc.with_ymd_and_hms(2022, 10, 15, 6, 30, 0).unwrap();
+        OutboxMessage {
+            id: Uuid::now_v7(),
+            channel: MessageChannel::Email,
+            template: template.into(),
+            lang: lang.into(),
+            recipient: Vec::new(),
+            payload,
+            source_kind: "report".into(),
+            source_id: None,
+            state: MessageState::Sending,
+            attempts: 1,
+            next_attempt_at: at,
+            last_error: None,
+            gateway_ref: None,
+            delivery_status: None,
+            created_at: at,
+            updated_at: at,
+            sent_at: None,
+        }
+    }
+
+    use chrono::Utc;
+
+    #[tokio::test]
+    async fn receipt_confirmations_render_in_both_languages() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = renderer(dir.path()).await;
+        let payload = serde_json::json!({
+            "receipt": "HR-7K3M-Q9XD-2PZA-8WNE", "provider": "Kakao", "service": "KakaoTalk",
+            "received_at": "2022-10-15T06:30:00.000Z"
+        });
+        let ko = r
+            .render(&message("receipt_confirmation", "ko", payload.clone()))
+            .await
+            .unwrap();
+        assert!(ko.subject.contains("접수"), "{}", ko.subject);
+        assert!(ko.text.contains("HR-7K3M-Q9XD-2PZA-8WNE"));
+        // 06:30 UTC is 15:30 in Korea.
+        assert!(ko.text.contains("2022-10-15 15:30 KST"), "{}", ko.text);
+        assert!(ko.sms.contains("HR-7K3M-Q9XD-2PZA-8WNE"));
+        // The link is clickable; minijinja escapes its slashes, which browsers read back.
+        assert!(
+            ko.html
+                .contains(r#"<a href="https:&#x2f;&#x2f;relief.example.kr">"#),
+            "{}",
+            ko.html
+        );
+        let en = r
+            .render(&message("receipt_confirmation", "fr", payload.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            en.subject, ko.subject,
+            "an unknown language falls back to Korean"
+        );
+        let en = r
+            .render(&message("receipt_confirmation", "en", payload))
+            .await
+            .unwrap();
+        assert!(en.subject.contains("received"), "{}", en.subject);
+    }
+
+    #[tokio::test]
+    async fn html_is_escaped_and_bad_payloads_are_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = renderer(dir.path()).await;
+        let rendered = r
+            .render(&message(
+                "report_status",
+                "en",
+                serde_json::json!({"receipt": "R", "status": "in_review", "note": "<b>soon</b>"}),
+            ))
+            .await
+            .unwrap();
+        assert!(rendered.text.contains("<b>soon</b>"));
+        assert!(
+            rendered.html.contains("&lt;b&gt;soon&lt;&#x2f;b&gt;"),
+            "{}",
+            rendered.html
+        );
+        assert!(
+            rendered
+                .text
+                .contains("Status: in review\nNote: <b>soon</b>\n"),
+            "{}",
+            rendered.text
+        );
+        let err = r
+            .render(&message(
+                "report_status",
+                "en",
+                serde_json::json!({"receipt": 1}),
+            ))
+            .await
+            .unwrap_err();
+        assert!(!err.is_transient());
+        assert!(
+            r.render(&message("no_such_template", "ko", serde_json::json!({})))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn subscription_confirmation_links_with_the_keyed_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = renderer(dir.path()).await;
+        let id = Uuid::now_v7();
+        let rendered = r
+            .render(&message(
+                "subscription_confirm",
+                "ko",
+                serde_json::json!({"subscription_id": id, "code": "123456", "scope": "Kakao"}),
+            ))
+            .await
+            .unwrap();
+        let token = Keys::from_master(&[7; 32]).token("confirm", id);
+        let link = format!("https://relief.example.kr/subscriptions/confirm?id={id}&token={token}");
+        assert!(rendered.text.contains(&link), "{}", rendered.text);
+        assert!(rendered.sms.contains("123456"));
+    }
+}
