@@ -243,7 +243,11 @@ impl Renderer {
                     };
                     rendered.text = format!("{}\n\n{line}", rendered.text);
                     rendered.html = self.html(lang, &rendered.subject, &rendered.text)?;
-                    rendered.sms = format!("{}\n{line}", rendered.sms);
+                    let short = match lang {
+                        Lang::Ko => format!("수신거부 {url}"),
+                        Lang::En => format!("Stop: {url}"),
+                    };
+                    rendered.sms = super::euckr::append_if_fits(&rendered.sms, &short);
                     rendered.unsubscribe_url = Some(url);
                 }
                 Ok(rendered)

@@ -13,6 +13,7 @@ mod helpers;
 mod cli;
 mod incidents;
 mod intake;
+mod notify;
 mod ops;
 mod rate_limits;
 mod store_contract;
