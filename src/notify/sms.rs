@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use secrecy::ExposeSecret as _;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
@@ -34,14 +37,14 @@ pub struct SmsMessage<'a> {
 
 pub enum SmsTransport {
     File(FileSpool),
-    Http(HttpGateway),
+    Http(Box<HttpGateway>),
 }
 
 impl SmsTransport {
     pub fn from_config(config: &SmsConfig) -> anyhow::Result<Self> {
         Ok(match config.transport {
             SmsTransportKind::File => Self::File(FileSpool::new(config.spool_path.clone())?),
-            SmsTransportKind::Http => Self::Http(HttpGateway::new(config)?),
+            SmsTransportKind::Http => Self::Http(Box::new(HttpGateway::new(config)?)),
         })
     }
 
@@ -92,11 +95,17 @@ impl FileSpool {
     }
 }
 
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
 pub struct HttpGateway {
-    client: reqwest::Client,
-    url: String,
+    client: HttpsClient,
+    url: axum::http::Uri,
     format: SmsFormat,
     auth: Option<(HeaderName, HeaderValue)>,
+    timeout: Duration,
 }
 
 impl HttpGateway {
@@ -111,46 +120,78 @@ impl HttpGateway {
             value.set_sensitive(true);
             Some((name, value))
         };
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout())
-            .connect_timeout(config.timeout())
-            .tls_backend_preconfigured(tls_config())
-            .build()
-            .context("building the SMS gateway client")?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeout()));
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config()?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(https);
         Ok(Self {
             client,
-            url: config.url.clone(),
+            url: config
+                .url
+                .parse()
+                .context("notify.sms.url is not a valid URL")?,
             format: config.format,
             auth,
+            timeout: config.timeout(),
         })
     }
 
     async fn send(&self, message: &SmsMessage<'_>) -> Result<Delivered, SendError> {
-        let mut request = self
-            .client
-            .post(&self.url)
+        let (content_type, body) = match self.format {
+            SmsFormat::Json => (
+                "application/json",
+                serde_json::to_vec(message)
+                    .map_err(|e| SendError::permanent(format!("SMS body: {e}")))?,
+            ),
+            SmsFormat::Form => (
+                "application/x-www-form-urlencoded",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("message_id", &message.message_id.to_string())
+                    .append_pair("to", message.to)
+                    .append_pair("from", message.from)
+                    .append_pair("text", message.text)
+                    .append_pair("type", message.kind.as_str())
+                    .finish()
+                    .into_bytes(),
+            ),
+        };
+        let mut request = axum::http::Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, content_type)
             .header("X-Reliefline-Message-Id", message.message_id.to_string());
         if let Some((name, value)) = &self.auth {
             request = request.header(name.clone(), value.clone());
         }
-        request = match self.format {
-            SmsFormat::Json => request.json(message),
-            SmsFormat::Form => request.form(message),
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| SendError::permanent(format!("SMS request: {e}")))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                let what = if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                SendError::transient(format!("SMS gateway {what}"))
+            })?;
+            let status = response.status();
+            let retry_after = retry_after(response.headers().get(header::RETRY_AFTER));
+            let body = http_body_util::Limited::new(response.into_body(), ANSWER_MAX_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, SendError>((status, retry_after, body))
         };
-        let response = request.send().await.map_err(|e| {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "connection failed"
-            } else {
-                "request failed"
-            };
-            SendError::transient(format!("SMS gateway {what}"))
-        })?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers().get(header::RETRY_AFTER));
+        let (status, retry_after, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| SendError::transient("SMS gateway timed out"))??;
         if status.is_success() {
-            let body = read_limited(response).await;
             return Ok(Delivered {
                 gateway_ref: gateway_ref(&body),
             });
@@ -168,26 +209,18 @@ impl HttpGateway {
 }
 
 /// rustls with the ring provider and the web PKI roots, for HTTPS gateways.
-fn tls_config() -> rustls::ClientConfig {
+fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let builder = rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
+    Ok(
+        rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .context("TLS set-up for the SMS gateway")?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
     )
-    .with_safe_default_protocol_versions()
-    .unwrap_or_else(|_| rustls::ClientConfig::builder());
-    builder.with_root_certificates(roots).with_no_client_auth()
-}
-
-async fn read_limited(mut response: reqwest::Response) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        if body.len() + chunk.len() > ANSWER_MAX_BYTES {
-            break;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    body
 }
 
 /// The gateway's id for the message, from a JSON answer's `id` or `message_ref`.
