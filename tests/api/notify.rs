@@ -839,3 +839,62 @@ async fn reports_and_their_outbox_rows_commit_together(backend: Backend) {
 }
 
 on_both_backends!(reports_and_their_outbox_rows_commit_together);
+
+/// The service is killed while the gateway holds its send: after the lease lapses, another
+/// instance delivers the message — once more than necessary at most.
+async fn a_message_is_delivered_after_a_kill_mid_send(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let gateway = SmsGateway::start().await;
+    gateway.script(&[Answer::Hang]);
+    let url = gateway.url();
+    let process = crate::helpers::ServiceProcess::start(
+        &db,
+        &[
+            ("RELIEFLINE_NOTIFY__SMS__TRANSPORT", "http"),
+            ("RELIEFLINE_NOTIFY__SMS__URL", &url),
+            ("RELIEFLINE_NOTIFY__SMS__TIMEOUT_MS", "1500"),
+            ("RELIEFLINE_NOTIFY__EMAIL__TIMEOUT_MS", "1000"),
+            ("RELIEFLINE_NOTIFY__DISPATCHER__LEASE_SECS", "2"),
+            ("RELIEFLINE_NOTIFY__DISPATCHER__POLL_INTERVAL_MS", "50"),
+        ],
+    );
+    let response = reqwest::Client::new()
+        .post(process.url("/api/v1/reports"))
+        .json(&sample_report())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    eventually("the first send to reach the gateway", || {
+        gateway.seen().len() == 1
+    })
+    .await;
+    process.kill();
+    let id: Uuid = gateway.seen()[0].message_id.parse().unwrap();
+
+    let app = TestApp::spawn_with(Arc::new(db), move |c| {
+        c.notify.sms.transport = SmsTransportKind::Http;
+        c.notify.sms.url = url;
+        c.notify.sms.timeout_ms = 1_500;
+        c.notify.dispatcher.lease_secs = 2;
+        c.notify.dispatcher.poll_interval_ms = 50;
+    })
+    .await;
+    eventually("the second send", || gateway.seen().len() >= 2).await;
+    let mut row = app.store.find_message(id).await.unwrap().unwrap();
+    for _ in 0..200 {
+        if row.state == MessageState::Sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        row = app.store.find_message(id).await.unwrap().unwrap();
+    }
+    assert_eq!(row.state, MessageState::Sent);
+    assert_eq!(row.attempts, 2);
+    assert_eq!(gateway.counts().get(&id.to_string()), Some(&2));
+    app.stop().await;
+}
+
+on_both_backends!(a_message_is_delivered_after_a_kill_mid_send);
