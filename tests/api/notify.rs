@@ -898,3 +898,105 @@ async fn a_message_is_delivered_after_a_kill_mid_send(backend: Backend) {
 }
 
 on_both_backends!(a_message_is_delivered_after_a_kill_mid_send);
+
+/// The SMS rate limit holds sends back; on shutdown the dispatcher stops, finishes what is in
+/// flight and hands back what it had claimed but not sent, which the next start delivers.
+async fn rate_limits_hold_sends_back_and_shutdown_releases_claims(backend: Backend) {
+    let Some(h) = harness(backend, |c| {
+        c.notify.dispatcher.enabled = true;
+        // Two at once, then one every ten minutes.
+        c.notify.rate_limits.sms.per_minute = 0.1;
+        c.notify.rate_limits.sms.burst = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            h.enqueue(
+                MessageChannel::Sms,
+                PHONE,
+                "report_status",
+                status_payload(""),
+            )
+            .await,
+        );
+    }
+    eventually("the burst to be sent", || h.gateway.seen().len() == 2).await;
+    let store = h.app.store.clone();
+    eventually_async(&store, &ids, |rows| {
+        rows.iter()
+            .filter(|r| r.state == MessageState::Sent)
+            .count()
+            == 2
+    })
+    .await;
+    // The others are claimed but held back by the limit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.gateway.seen().len(), 2, "the limit holds the rest back");
+
+    let Harness {
+        app,
+        gateway,
+        smtp: _smtp,
+    } = h;
+    let port_url = gateway.url();
+    let db = app.stop().await;
+    let store = reliefline::store::connect(&crate::helpers::test_config(&db).database)
+        .await
+        .unwrap();
+    let mut held = 0;
+    for id in &ids {
+        let row = store.find_message(*id).await.unwrap().unwrap();
+        match row.state {
+            MessageState::Sent => assert_eq!(row.attempts, 1),
+            MessageState::Pending => {
+                held += 1;
+                assert_eq!(row.attempts, 0, "a released claim is not an attempt");
+            }
+            other => panic!("left {other:?} after shutdown"),
+        }
+    }
+    assert_eq!(held, 3);
+
+    // The next start delivers the rest, each once.
+    let app = TestApp::spawn_with(db, move |c| {
+        c.notify.sms.transport = SmsTransportKind::Http;
+        c.notify.sms.url = port_url;
+        c.notify.dispatcher.poll_interval_ms = 20;
+    })
+    .await;
+    eventually("all five delivered", || gateway.seen().len() == 5).await;
+    let counts = gateway.counts();
+    assert!(
+        ids.iter().all(|id| counts.get(&id.to_string()) == Some(&1)),
+        "{counts:?}"
+    );
+    app.stop().await;
+}
+
+async fn eventually_async(
+    store: &reliefline::store::DynStore,
+    ids: &[Uuid],
+    check: impl Fn(&[reliefline::store::OutboxMessage]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut rows = Vec::new();
+        for id in ids {
+            rows.push(store.find_message(*id).await.unwrap().unwrap());
+        }
+        if check(&rows) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+on_both_backends!(rate_limits_hold_sends_back_and_shutdown_releases_claims);
