@@ -1000,3 +1000,125 @@ async fn eventually_async(
 }
 
 on_both_backends!(rate_limits_hold_sends_back_and_shutdown_releases_claims);
+
+/// The outage notice for an incident update names the outage, its cause and response, a
+/// contact for consultation, and carries one-click unsubscribe for a subscriber.
+async fn an_incident_update_goes_out_as_the_statutory_notice(backend: Backend) {
+    let Some(h) = harness(backend, |c| c.notify.contact_phone = "1335".into()).await else {
+        return;
+    };
+    let declared = h
+        .app
+        .client
+        .post(h.app.url("/api/v1/incidents"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({
+            "title": {"ko": "카카오 서비스 장애", "en": "Kakao outage"},
+            "provider": "Kakao",
+            "services": ["KakaoTalk", "Kakao T"],
+            "started_at": "2022-10-15T15:30:00+09:00",
+            "severity": "critical",
+            "message": {"ko": "데이터센터 화재로 전원이 차단되었습니다.",
+                        "en": "A data-centre fire cut the power."}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 201);
+    let incident_id: Uuid = declared.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let record = h
+        .app
+        .store
+        .find_incident(incident_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let update_id = record.updates[0].id;
+    let subscription = Uuid::now_v7();
+    let payload = serde_json::json!({
+        "incident_id": incident_id, "update_id": update_id, "subscription_id": subscription
+    });
+    let mut ids = Vec::new();
+    for (channel, to, lang) in [
+        (MessageChannel::Email, "sub@example.kr", "en"),
+        (MessageChannel::Sms, PHONE, "ko"),
+        (MessageChannel::Email, "linked@example.kr", "ko"),
+    ] {
+        let mut p = payload.clone();
+        if to == "linked@example.kr" {
+            // A linked reporter, not a subscriber: no unsubscribe link.
+            p["subscription_id"] = serde_json::Value::Null;
+        }
+        let message = NewMessage {
+            id: Uuid::now_v7(),
+            channel,
+            template: "incident_update".into(),
+            lang: lang.into(),
+            recipient: h.keys().seal(to),
+            payload: p,
+            source_kind: "incident_update".into(),
+            source_id: Some(update_id),
+            not_before: Utc::now(),
+        };
+        ids.push(message.id);
+        h.app.store.enqueue(&[message]).await.unwrap();
+    }
+    assert_eq!(h.dispatcher().run_once().await.unwrap().sent, 3);
+    let progress = h.app.store.outbox_progress(update_id).await.unwrap();
+    assert_eq!(progress.sent, 3);
+
+    let token = h.keys().token("unsubscribe", subscription);
+    let unsubscribe = format!("http://127.0.0.1:8080/unsubscribe/{subscription}/{token}");
+    let mails = h.smtp.messages();
+    let subscriber = mails
+        .iter()
+        .find(|m| header_value(m, "To") == Some("sub@example.kr"))
+        .unwrap();
+    assert_eq!(
+        header_value(subscriber, "List-Unsubscribe"),
+        Some(format!("<{unsubscribe}>").as_str())
+    );
+    assert_eq!(
+        header_value(subscriber, "List-Unsubscribe-Post"),
+        Some("List-Unsubscribe=One-Click")
+    );
+    let body = decoded_text(subscriber);
+    for expected in [
+        "Kakao outage",
+        "KakaoTalk, Kakao T",
+        "2022-10-15 15:30 KST",
+        "A data-centre fire cut the power.",
+        "1335",
+        "http://127.0.0.1:8080/status",
+    ] {
+        assert!(body.contains(expected), "missing {expected:?} in {body}");
+    }
+    let linked = mails
+        .iter()
+        .find(|m| header_value(m, "To") == Some("linked@example.kr"))
+        .unwrap();
+    assert_eq!(header_value(linked, "List-Unsubscribe"), None);
+    assert!(decoded_text(linked).contains("데이터센터 화재로 전원이 차단되었습니다."));
+
+    let sms = &h.gateway.seen()[0];
+    assert_eq!(sms.kind, "LMS");
+    assert!(
+        sms.text.contains("1335") && sms.text.contains(&unsubscribe),
+        "{}",
+        sms.text
+    );
+}
+
+/// The text part of a message, its transfer encoding undone.
+fn decoded_text(eml: &str) -> String {
+    let message = mail_parser::MessageParser::default()
+        .parse(eml.as_bytes())
+        .expect("a parsable message");
+    message.body_text(0).expect("a text part").into_owned()
+}
+
+on_both_backends!(an_incident_update_goes_out_as_the_statutory_notice);
