@@ -1122,3 +1122,50 @@ fn decoded_text(eml: &str) -> String {
 }
 
 on_both_backends!(an_incident_update_goes_out_as_the_statutory_notice);
+
+/// SMTP connections are pooled: many messages, at most `pool_size` sessions.
+async fn smtp_connections_are_reused(backend: Backend) {
+    let Some(h) = harness(backend, |c| c.notify.email.pool_size = 2).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let to = format!("user{n}@example.kr");
+        ids.push(
+            h.enqueue(
+                MessageChannel::Email,
+                &to,
+                "report_status",
+                status_payload(""),
+            )
+            .await,
+        );
+    }
+    let d = h.dispatcher();
+    let round = d.run_once().await.unwrap();
+    let first = h.state_of(ids[0]).await;
+    assert_eq!(round.sent, 20, "{round:?} {first:?}");
+    assert_eq!(h.smtp.messages().len(), 20);
+    let sessions = h.smtp.sessions();
+    assert!(
+        (1..=2).contains(&sessions),
+        "{sessions} SMTP sessions for 20 messages"
+    );
+    // Every message id arrived once.
+    let mut seen: Vec<String> = h
+        .smtp
+        .messages()
+        .iter()
+        .map(|m| {
+            header_value(m, "X-Reliefline-Message-Id")
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    seen.sort();
+    let mut expected: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+on_both_backends!(smtp_connections_are_reused);

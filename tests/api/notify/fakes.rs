@@ -31,6 +31,15 @@ class Recorder:
         self.count = itertools.count()
         self.lock = threading.Lock()
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        # One EHLO per SMTP session: the count tells how many connections were opened.
+        session.host_name = hostname
+        with self.lock:
+            self.sessions = getattr(self, "sessions", 0) + 1
+            with open(os.path.join(self.folder, "sessions"), "w") as f:
+                f.write(str(self.sessions))
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("reject"):
             return "550 5.1.1 no such mailbox"
@@ -91,6 +100,15 @@ impl SmtpServer {
             .iter()
             .map(|p| std::fs::read_to_string(p).unwrap())
             .collect()
+    }
+}
+
+impl SmtpServer {
+    /// SMTP sessions opened so far.
+    pub fn sessions(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("sessions"))
+            .map(|s| s.trim().parse().unwrap())
+            .unwrap_or(0)
     }
 }
 
