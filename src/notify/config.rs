@@ -226,3 +226,85 @@ impl NotifyConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn defaults_spool_to_files() {
+        let config = Config::defaults().unwrap();
+        assert_eq!(
+            config.notify.email.transport,
+            super::EmailTransportKind::File
+        );
+        assert_eq!(config.notify.sms.transport, super::SmsTransportKind::File);
+        assert!(config.notify.dispatcher.enabled);
+        assert_eq!(config.notify.sms.callback_secret(), None);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (env, key) in [
+            (
+                vec![("EMAIL__TRANSPORT", "smtp"), ("EMAIL__HOST", " ")],
+                "notify.email.host",
+            ),
+            (vec![("EMAIL__SECURITY", "ssl")], "notify.email.security"),
+            (vec![("EMAIL__POOL_SIZE", "0")], "notify.email.pool_size"),
+            (
+                vec![("EMAIL__FROM_ADDRESS", "nobody")],
+                "notify.email.from_address",
+            ),
+            (vec![("SMS__TRANSPORT", "http")], "notify.sms.url"),
+            (vec![("SMS__FORMAT", "xml")], "notify.sms.format"),
+            (
+                vec![("DISPATCHER__LEASE_SECS", "5")],
+                "notify.dispatcher.lease_secs",
+            ),
+            (
+                vec![("DISPATCHER__MAX_ATTEMPTS", "0")],
+                "notify.dispatcher.max_attempts",
+            ),
+            (
+                vec![
+                    ("DISPATCHER__BACKOFF_BASE_MS", "10"),
+                    ("DISPATCHER__BACKOFF_MAX_MS", "5"),
+                ],
+                "notify.dispatcher.backoff_base_ms",
+            ),
+            (
+                vec![("RATE_LIMITS__SMS__PER_MINUTE", "-1")],
+                "notify.rate_limits.sms.per_minute",
+            ),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                for (var, value) in &env {
+                    jail.set_env(format!("RELIEFLINE_NOTIFY__{var}"), value);
+                }
+                let err = Config::load(None).unwrap_err().to_string();
+                assert!(err.contains(key), "{env:?}: {err}");
+                assert!(!err.contains('\n'), "one line: {err}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RELIEFLINE_NOTIFY__EMAIL__PASSWORD", "smtp-hunter2");
+            jail.set_env(
+                "RELIEFLINE_NOTIFY__SMS__AUTH_HEADER_VALUE",
+                "Bearer gw-hunter2",
+            );
+            jail.set_env("RELIEFLINE_NOTIFY__SMS__CALLBACK_SECRET", "cb-hunter2");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.notify.sms.callback_secret(), Some("cb-hunter2"));
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            Ok(())
+        });
+    }
+}
