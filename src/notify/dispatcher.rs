@@ -27,6 +27,9 @@ use crate::incident::Clock;
 use crate::store::{DynStore, MessageChannel, OutboxMessage, Outcome, StoreResult, Timestamp};
 use crate::telemetry::names;
 
+/// Most outcomes recorded in one transaction.
+const RECORD_GROUP_MAX: usize = 256;
+
 /// The longest `Retry-After` honoured; a gateway asking for more is retried after this.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
 
@@ -38,10 +41,40 @@ pub struct Round {
     pub retried: usize,
     pub failed: usize,
     pub dead: usize,
-    /// Claimed but handed back unsent because the dispatcher is stopping.
+    /// Claimed but handed back unsent: the dispatcher is stopping, or the rate limit held the
+    /// message past half its lease.
     pub released: usize,
     /// The outcome could not be recorded: the lease had lapsed and another dispatcher took it.
     pub lost: usize,
+}
+
+impl Round {
+    fn count(&mut self, outcome: &Outcome, channel: MessageChannel) {
+        let label = match outcome {
+            Outcome::Sent { .. } => {
+                self.sent += 1;
+                "sent"
+            }
+            Outcome::Retry { .. } => {
+                self.retried += 1;
+                "retry"
+            }
+            Outcome::Failed { .. } => {
+                self.failed += 1;
+                "failed"
+            }
+            Outcome::Dead { .. } => {
+                self.dead += 1;
+                "dead"
+            }
+        };
+        metrics::counter!(
+            names::NOTIFICATIONS,
+            "channel" => channel_label(channel),
+            "outcome" => label
+        )
+        .increment(1);
+    }
 }
 
 pub struct Dispatcher {
@@ -160,50 +193,41 @@ impl Dispatcher {
             claimed: claimed.len(),
             ..Round::default()
         };
+        // Outcomes are recorded in groups of whatever has finished, one commit per group.
         let mut deliveries = futures::stream::iter(claimed)
             .map(|message| async move {
-                let delivery = self.deliver(&message, shutdown).await;
-                (message, delivery)
+                let delivery = self.deliver(&message, lease_until, shutdown).await;
+                (message.id, message.channel, delivery)
             })
-            .buffer_unordered(self.config.concurrency);
-        while let Some((message, delivery)) = deliveries.next().await {
-            let Delivery::Done(outcome) = delivery else {
-                round.released += 1;
-                continue;
-            };
-            let recorded = self
-                .store
-                .record_outcome(message.id, &self.owner, &outcome, self.clock.now())
-                .await?;
-            if !recorded {
-                round.lost += 1;
-                tracing::warn!(message_id = %message.id, "lease lapsed before the outcome was recorded");
+            .buffer_unordered(self.config.concurrency)
+            .ready_chunks(RECORD_GROUP_MAX);
+        while let Some(group) = deliveries.next().await {
+            let mut done = Vec::with_capacity(group.len());
+            let mut channels = Vec::with_capacity(group.len());
+            for (id, channel, delivery) in group {
+                match delivery {
+                    Delivery::Done(outcome) => {
+                        done.push((id, outcome));
+                        channels.push(channel);
+                    }
+                    Delivery::Skipped => round.released += 1,
+                }
+            }
+            if done.is_empty() {
                 continue;
             }
-            let label = match outcome {
-                Outcome::Sent { .. } => {
-                    round.sent += 1;
-                    "sent"
+            let recorded = self
+                .store
+                .record_outcomes(&self.owner, &done, self.clock.now())
+                .await?;
+            for (((id, outcome), channel), recorded) in done.iter().zip(channels).zip(recorded) {
+                if !recorded {
+                    round.lost += 1;
+                    tracing::warn!(message_id = %id, "lease lapsed before the outcome was recorded");
+                    continue;
                 }
-                Outcome::Retry { .. } => {
-                    round.retried += 1;
-                    "retry"
-                }
-                Outcome::Failed { .. } => {
-                    round.failed += 1;
-                    "failed"
-                }
-                Outcome::Dead { .. } => {
-                    round.dead += 1;
-                    "dead"
-                }
-            };
-            metrics::counter!(
-                names::NOTIFICATIONS,
-                "channel" => channel_label(message.channel),
-                "outcome" => label
-            )
-            .increment(1);
+                round.count(outcome, channel);
+            }
         }
         drop(deliveries);
         if round.released > 0 {
@@ -214,8 +238,13 @@ impl Dispatcher {
         Ok(round)
     }
 
-    async fn deliver(&self, message: &OutboxMessage, shutdown: &CancellationToken) -> Delivery {
-        let result = self.attempt(message, shutdown).await;
+    async fn deliver(
+        &self,
+        message: &OutboxMessage,
+        lease_until: Timestamp,
+        shutdown: &CancellationToken,
+    ) -> Delivery {
+        let result = self.attempt(message, lease_until, shutdown).await;
         let now = self.clock.now();
         let outcome = match result {
             None => return Delivery::Skipped,
@@ -245,10 +274,12 @@ impl Dispatcher {
         Delivery::Done(outcome)
     }
 
-    /// `None` when the dispatcher stopped before the send began.
+    /// `None` when the send did not begin: the dispatcher is stopping, or the rate limit held
+    /// the message so long that its lease could lapse mid-send (another replica might take it).
     async fn attempt(
         &self,
         message: &OutboxMessage,
+        lease_until: Timestamp,
         shutdown: &CancellationToken,
     ) -> Option<Result<Delivered, SendError>> {
         let Ok(recipient) = self.keys.open(&message.recipient) else {
@@ -271,7 +302,8 @@ impl Dispatcher {
                 () = shutdown.cancelled() => return None,
             }
         }
-        if shutdown.is_cancelled() {
+        let half_lease = self.config.lease() / 2;
+        if shutdown.is_cancelled() || self.clock.now() + half_lease > lease_until {
             return None;
         }
         let started = Instant::now();

@@ -65,15 +65,29 @@ pub trait OutboxStore {
         limit: u32,
     ) -> StoreResult<Vec<OutboxMessage>>;
 
-    /// Record what happened to a claimed message. `false` when `owner` no longer holds it (its
-    /// lease lapsed and another dispatcher took it): the outcome is then not recorded.
+    /// Record what happened to claimed messages, in one transaction. Each answer is `false`
+    /// when `owner` no longer held that message (its lease lapsed and another dispatcher took
+    /// it): that outcome is then not recorded.
+    async fn record_outcomes(
+        &self,
+        owner: &str,
+        outcomes: &[(Uuid, Outcome)],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>>;
+
+    /// [`OutboxStore::record_outcomes`] for one message.
     async fn record_outcome(
         &self,
         id: Uuid,
         owner: &str,
         outcome: &Outcome,
         now: Timestamp,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<bool> {
+        let recorded = self
+            .record_outcomes(owner, &[(id, outcome.clone())], now)
+            .await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
 
     /// Hand back every message `owner` holds, unsent and due at once, the attempt not counted.
     async fn release_all(&self, owner: &str, now: Timestamp) -> StoreResult<u64>;
@@ -384,43 +398,49 @@ macro_rules! impl_outbox_store {
                 messages(rows)
             }
 
-            async fn record_outcome(
+            async fn record_outcomes(
                 &self,
-                id: uuid::Uuid,
                 owner: &str,
-                outcome: &$crate::store::Outcome,
+                outcomes: &[(uuid::Uuid, $crate::store::Outcome)],
                 now: $crate::store::Timestamp,
-            ) -> $crate::store::StoreResult<bool> {
+            ) -> $crate::store::StoreResult<Vec<bool>> {
                 use $crate::store::Outcome;
                 use $crate::store::outbox::{clip_error, sql};
                 let now_ms = $crate::store::to_millis(now);
-                let (next, error, gateway_ref, sent_at) = match outcome {
-                    Outcome::Sent { gateway_ref } => {
-                        (None, None, gateway_ref.clone(), Some(now_ms))
-                    }
-                    Outcome::Retry { at, error } => (
-                        Some($crate::store::to_millis(*at)),
-                        Some(clip_error(error)),
-                        None,
-                        None,
-                    ),
-                    Outcome::Failed { error } | Outcome::Dead { error } => {
-                        (None, Some(clip_error(error)), None, None)
-                    }
-                };
-                let done = sqlx::query(sql::RECORD)
-                    .bind(id)
-                    .bind(owner)
-                    .bind(outcome.state().as_ref())
-                    .bind(next)
-                    .bind(error)
-                    .bind(gateway_ref)
-                    .bind(sent_at)
-                    .bind(now_ms)
-                    .execute(&self.$write)
-                    .await
-                    .map_err(Self::error)?;
-                Ok(done.rows_affected() == 1)
+                let mut recorded = Vec::with_capacity(outcomes.len());
+                // One commit for the lot: on SQLite every commit is an fsync.
+                let mut tx = self.$write.begin().await.map_err(Self::error)?;
+                for (id, outcome) in outcomes {
+                    let (next, error, gateway_ref, sent_at) = match outcome {
+                        Outcome::Sent { gateway_ref } => {
+                            (None, None, gateway_ref.clone(), Some(now_ms))
+                        }
+                        Outcome::Retry { at, error } => (
+                            Some($crate::store::to_millis(*at)),
+                            Some(clip_error(error)),
+                            None,
+                            None,
+                        ),
+                        Outcome::Failed { error } | Outcome::Dead { error } => {
+                            (None, Some(clip_error(error)), None, None)
+                        }
+                    };
+                    let done = sqlx::query(sql::RECORD)
+                        .bind(*id)
+                        .bind(owner)
+                        .bind(outcome.state().as_ref())
+                        .bind(next)
+                        .bind(error)
+                        .bind(gateway_ref)
+                        .bind(sent_at)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(Self::error)?;
+                    recorded.push(done.rows_affected() == 1);
+                }
+                tx.commit().await.map_err(Self::error)?;
+                Ok(recorded)
             }
 
             async fn release_all(
