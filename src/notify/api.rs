@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::domain::{EmailAddress, PhoneNumber};
 use crate::http::ApiError;
-use crate::http::json::{self, JsonBody};
+use crate::http::json;
 use crate::incident::auth::Commander;
 use crate::store::{AuditEntry, OutboxMessage, Requeue};
 
@@ -142,6 +142,36 @@ async fn requeue(
         .into_response())
 }
 
+/// A delivery report as JSON, or form-encoded as the large commercial gateways post it.
+fn parse_report(headers: &HeaderMap, body: &[u8]) -> Result<DeliveryReport, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mime = content_type.split(';').next().unwrap_or_default().trim();
+    if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        let mut report = DeliveryReport {
+            message_id: None,
+            status: None,
+        };
+        for (key, value) in form_urlencoded::parse(body) {
+            match key.as_ref() {
+                "message_id" => report.message_id = Some(value.into_owned()),
+                "status" => report.status = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        return Ok(report);
+    }
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType(
+            "send the delivery report as application/json or application/x-www-form-urlencoded"
+                .into(),
+        ));
+    }
+    json::parse(body)
+}
+
 #[derive(Debug, Deserialize)]
 struct DeliveryReport {
     message_id: Option<String>,
@@ -152,7 +182,7 @@ struct DeliveryReport {
 async fn delivery_report(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<JsonBody<DeliveryReport>, ApiError>,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let sms = &state.config.notify.sms;
     let presented = headers
@@ -167,7 +197,19 @@ async fn delivery_report(
     if !authentic {
         return Err(ApiError::Unauthorized);
     }
-    let JsonBody(report) = body?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: CALLBACK_BODY_LIMIT,
+            }
+        } else {
+            ApiError::BadRequest {
+                code: "incomplete_body",
+                message: "the request body could not be read completely".into(),
+            }
+        }
+    })?;
+    let report = parse_report(&headers, &body)?;
     let mut problems = std::collections::BTreeMap::new();
     let id = match report.message_id.as_deref().map(Uuid::try_parse) {
         Some(Ok(id)) => Some(id),
