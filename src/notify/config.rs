@@ -49,6 +49,9 @@ pub struct EmailConfig {
     pub host: String,
     pub port: u16,
     pub security: SmtpSecurity,
+    /// PEM file of extra certificate authorities trusted for the relay (a private relay's own
+    /// CA); empty: the public web PKI only.
+    pub ca_file: PathBuf,
     pub username: String,
     pub password: SecretString,
     pub pool_size: usize,
@@ -153,6 +156,12 @@ impl NotifyConfig {
         }
         if e.from_address.parse::<lettre::Address>().is_err() {
             return bad("email.from_address", "is not an e-mail address");
+        }
+        if e.transport == EmailTransportKind::Smtp
+            && !e.ca_file.as_os_str().is_empty()
+            && !e.ca_file.is_file()
+        {
+            return bad("email.ca_file", "no such file");
         }
         if !(1..=256).contains(&e.pool_size) {
             return bad("email.pool_size", "must be between 1 and 256");

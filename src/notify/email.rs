@@ -15,7 +15,9 @@ use anyhow::Context as _;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{Address, Message};
 use secrecy::ExposeSecret as _;
@@ -49,7 +51,7 @@ impl EmailTransport {
                 })?;
                 Self::File(config.spool_dir.clone())
             }
-            EmailTransportKind::Smtp => Self::Smtp(SmtpPool::new(config)),
+            EmailTransportKind::Smtp => Self::Smtp(SmtpPool::new(config)?),
         })
     }
 
@@ -121,6 +123,8 @@ pub struct SmtpPool {
     host: String,
     port: u16,
     security: SmtpSecurity,
+    /// Extra trusted certificate authorities, PEM.
+    extra_roots: Option<Vec<u8>>,
     credentials: Option<Credentials>,
     timeout: std::time::Duration,
     hello: ClientId,
@@ -129,23 +133,31 @@ pub struct SmtpPool {
 }
 
 impl SmtpPool {
-    fn new(config: &EmailConfig) -> Self {
+    fn new(config: &EmailConfig) -> anyhow::Result<Self> {
+        let extra_roots = if config.ca_file.as_os_str().is_empty() {
+            None
+        } else {
+            Some(std::fs::read(&config.ca_file).with_context(|| {
+                format!("notify.email.ca_file: reading {}", config.ca_file.display())
+            })?)
+        };
         let credentials = (!config.username.is_empty()).then(|| {
             Credentials::new(
                 config.username.clone(),
                 config.password.expose_secret().to_owned(),
             )
         });
-        Self {
+        Ok(Self {
             host: config.host.clone(),
             port: config.port,
             security: config.security,
+            extra_roots,
             credentials,
             timeout: config.timeout(),
             hello: ClientId::default(),
             idle: Mutex::new(Vec::with_capacity(config.pool_size)),
             slots: Semaphore::new(config.pool_size),
-        }
+        })
     }
 
     async fn send(&self, message: &Message) -> Result<Delivered, SendError> {
@@ -245,14 +257,19 @@ impl SmtpPool {
                     AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
                         .await
                         .map_err(|e| classify(&e))?;
-                let tls = TlsParameters::new(self.host.clone()).map_err(|e| classify(&e))?;
+                let mut tls = TlsParameters::builder(self.host.clone());
+                if let Some(pem) = &self.extra_roots {
+                    let ca = Certificate::from_pem(pem).map_err(|e| classify(&e))?;
+                    tls = tls.add_root_certificate(ca);
+                }
+                let tls = tls.build().map_err(|e| classify(&e))?;
                 conn.starttls(tls, &self.hello)
                     .await
                     .map_err(|e| classify(&e))?;
                 conn
             }
             SmtpSecurity::Tls => {
-                let stream = implicit_tls(&self.host, tcp).await?;
+                let stream = implicit_tls(&self.host, self.extra_roots.as_deref(), tcp).await?;
                 AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
                     .await
                     .map_err(|e| classify(&e))?
@@ -282,9 +299,21 @@ fn classify(e: &lettre::transport::smtp::Error) -> SendError {
 }
 
 /// SMTPS (implicit TLS, usually port 465) over our own no-delay socket.
-async fn implicit_tls(host: &str, tcp: TcpStream) -> Result<TlsConn, SendError> {
+async fn implicit_tls(
+    host: &str,
+    extra_roots: Option<&[u8]>,
+    tcp: TcpStream,
+) -> Result<TlsConn, SendError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in CertificateDer::pem_slice_iter(extra_roots.unwrap_or_default()) {
+        let cert = cert.map_err(|_| SendError::permanent("notify.email.ca_file is not PEM"))?;
+        roots
+            .add(cert)
+            .map_err(|e| SendError::permanent(format!("notify.email.ca_file: {e}")))?;
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -18,7 +18,7 @@ use reliefline::store::{MessageChannel, MessageState, NewMessage};
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use self::fakes::{Answer, SmsGateway, SmtpServer, eventually};
+use self::fakes::{Answer, SmsGateway, SmtpMode, SmtpServer, eventually};
 use crate::helpers::{Backend, TestApp, TestDb, sample_report};
 use crate::on_both_backends;
 
@@ -1169,3 +1169,84 @@ async fn smtp_connections_are_reused(backend: Backend) {
 }
 
 on_both_backends!(smtp_connections_are_reused);
+
+/// STARTTLS and implicit TLS to a relay whose certificate comes from a private CA
+/// (`notify.email.ca_file`); without that CA the relay is not trusted and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_over_starttls_and_implicit_tls() {
+    for (mode, security) in [
+        (SmtpMode::Starttls, SmtpSecurity::Starttls),
+        (SmtpMode::Tls, SmtpSecurity::Tls),
+    ] {
+        let server = SmtpServer::start_with(mode).await;
+        let db = TestDb::new(Backend::Sqlite).await.unwrap();
+        let (port, ca) = (server.port, server.ca_file());
+        let app = TestApp::spawn_with(Arc::new(db), move |c| {
+            let e = &mut c.notify.email;
+            e.transport = EmailTransportKind::Smtp;
+            e.host = "localhost".into();
+            e.port = port;
+            e.security = security;
+            e.ca_file = ca;
+            c.notify.dispatcher.enabled = false;
+        })
+        .await;
+        let config = &app.state.config;
+        let dispatcher = |ca: Option<std::path::PathBuf>| {
+            let mut notify = config.notify.clone();
+            if let Some(ca) = ca {
+                notify.email.ca_file = ca;
+            }
+            Dispatcher::new(
+                &notify,
+                &config.http.public_base_url,
+                app.store.clone(),
+                Arc::clone(&app.state.keys),
+                Clock::System,
+            )
+            .unwrap()
+        };
+        let enqueue = || async {
+            let message = NewMessage {
+                id: Uuid::now_v7(),
+                channel: MessageChannel::Email,
+                template: "report_status".into(),
+                lang: "ko".into(),
+                recipient: app.state.keys.seal("hong@example.kr"),
+                payload: status_payload(""),
+                source_kind: "report".into(),
+                source_id: None,
+                not_before: Utc::now(),
+            };
+            app.store
+                .enqueue(std::slice::from_ref(&message))
+                .await
+                .unwrap();
+            message.id
+        };
+
+        // Only the public roots: the private CA's certificate is refused, the message retried.
+        let untrusted = enqueue().await;
+        let round = dispatcher(Some(std::path::PathBuf::new()))
+            .run_once()
+            .await
+            .unwrap();
+        assert_eq!(round.retried, 1, "{mode:?}: {round:?}");
+        let row = app.store.find_message(untrusted).await.unwrap().unwrap();
+        assert_eq!(row.state, MessageState::Pending, "{mode:?}");
+        assert!(server.messages().is_empty());
+
+        // With the CA configured it goes through.
+        let trusted = dispatcher(None);
+        let round = round_with_work(&trusted).await;
+        let row = app.store.find_message(untrusted).await.unwrap().unwrap();
+        assert_eq!(round.sent, 1, "{mode:?}: {round:?} {row:?}");
+        assert_eq!(server.messages().len(), 1, "{mode:?}");
+        let eml = &server.messages()[0];
+        assert_eq!(
+            header_value(eml, "X-Reliefline-Message-Id"),
+            Some(untrusted.to_string().as_str())
+        );
+        app.stop().await;
+    }
+}

@@ -55,20 +55,56 @@ class Recorder:
         os.rename(path + ".tmp", path)
         return "250 2.0.0 queued as %06d" % n
 
-controller = Controller(Recorder(sys.argv[2]), hostname="127.0.0.1", port=int(sys.argv[1]))
+mode = sys.argv[3]
+options = {}
+if mode != "plain":
+    import ssl
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
+    if mode == "starttls":
+        options = {"tls_context": context, "require_starttls": True}
+    else:
+        options = {"ssl_context": context}
+controller = Controller(Recorder(sys.argv[2]), hostname="127.0.0.1", port=int(sys.argv[1]), **options)
 controller.start()
 print("ready", flush=True)
 threading.Event().wait()
 "#;
 
+/// How the SMTP server talks: plain, STARTTLS required, or TLS from the first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpMode {
+    Plain,
+    Starttls,
+    Tls,
+}
+
 impl SmtpServer {
     pub async fn start() -> Self {
+        Self::start_with(SmtpMode::Plain).await
+    }
+
+    /// With TLS, the server presents a certificate for `localhost` from its own CA, whose PEM
+    /// is [`SmtpServer::ca_file`].
+    pub async fn start_with(mode: SmtpMode) -> Self {
         use std::io::BufRead as _;
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        if mode != SmtpMode::Plain {
+            make_certificates(dir.path());
+        }
+        let mode_arg = match mode {
+            SmtpMode::Plain => "plain",
+            SmtpMode::Starttls => "starttls",
+            SmtpMode::Tls => "tls",
+        };
         let mut child = Command::new("python3")
             .args(["-c", SMTP_SCRIPT, &port.to_string()])
             .arg(dir.path())
+            .arg(mode_arg)
+            .arg(&cert)
+            .arg(&key)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -104,6 +140,11 @@ impl SmtpServer {
 }
 
 impl SmtpServer {
+    /// The PEM certificate of the CA that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     /// SMTP sessions opened so far.
     pub fn sessions(&self) -> usize {
         std::fs::read_to_string(self.dir.path().join("sessions"))
@@ -116,6 +157,35 @@ impl Drop for SmtpServer {
     fn drop(&mut self) {
         drop(self.child.kill());
         drop(self.child.wait());
+    }
+}
+
+/// A private CA (`ca.pem`) and a server certificate for `localhost` it signed (`cert.pem`,
+/// `key.pem`), made with the openssl command.
+fn make_certificates(dir: &Path) {
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let commands = [
+        format!("req -x509 {ec} -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem"),
+        format!("req {ec} -subj /CN=localhost -keyout key.pem -out leaf.csr"),
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+         -extfile leaf.ext -out cert.pem"
+            .to_owned(),
+    ];
+    for command in commands {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        let status = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
     }
 }
 
