@@ -307,25 +307,39 @@ impl Dispatcher {
             return None;
         }
         let started = Instant::now();
-        let result = match message.channel {
-            MessageChannel::Email => {
-                self.email
-                    .send(&self.from, message.id, &recipient, &rendered)
-                    .await
-            }
-            MessageChannel::Sms => {
-                let (text, kind) = euckr::fit(&rendered.sms);
-                self.sms
-                    .send(&SmsMessage {
-                        message_id: message.id,
-                        to: &recipient,
-                        from: &self.sms_sender,
-                        text: &text,
-                        kind,
-                    })
-                    .await
+        let send = async {
+            match message.channel {
+                MessageChannel::Email => {
+                    self.email
+                        .send(&self.from, message.id, &recipient, &rendered)
+                        .await
+                }
+                MessageChannel::Sms => {
+                    let (text, kind) = euckr::fit(&rendered.sms);
+                    self.sms
+                        .send(&SmsMessage {
+                            message_id: message.id,
+                            to: &recipient,
+                            from: &self.sms_sender,
+                            text: &text,
+                            kind,
+                        })
+                        .await
+                }
             }
         };
+        // The outcome must be recorded while the lease holds, or another replica may take the
+        // message and send it again: waiting for a free connection counts against the lease.
+        let budget = (lease_until - self.config.lease() / 4 - self.clock.now())
+            .to_std()
+            .unwrap_or_default();
+        let result = tokio::time::timeout(budget, send)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SendError::transient(
+                    "the send did not finish within the lease",
+                ))
+            });
         metrics::histogram!(
             names::NOTIFICATION_SEND_DURATION,
             "channel" => channel_label(message.channel)
