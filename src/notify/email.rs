@@ -290,11 +290,17 @@ enum Failure {
 }
 
 /// 5xx replies are permanent; 4xx replies, I/O and TLS failures and timeouts are transient.
+/// A reply is described by its code alone: servers often quote the recipient's address in
+/// the text, and the reason is logged and stored.
 fn classify(e: &lettre::transport::smtp::Error) -> SendError {
+    let reason = match e.status() {
+        Some(code) => format!("SMTP server answered {code}"),
+        None => format!("SMTP: {e}"),
+    };
     if e.is_permanent() {
-        SendError::permanent(format!("SMTP: {e}"))
+        SendError::permanent(reason)
     } else {
-        SendError::transient(format!("SMTP: {e}"))
+        SendError::transient(reason)
     }
 }
 

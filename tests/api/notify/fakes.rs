@@ -42,7 +42,8 @@ class Recorder:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("reject"):
-            return "550 5.1.1 no such mailbox"
+            # Like real servers, quote the address in the refusal.
+            return "550 5.1.1 <%s>: no such mailbox" % address
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
