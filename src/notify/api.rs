@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::domain::{EmailAddress, PhoneNumber};
 use crate::http::ApiError;
+use crate::http::error::ErrorBody;
 use crate::http::json;
 use crate::incident::auth::Commander;
 use crate::store::{AuditEntry, OutboxMessage, Requeue};
@@ -39,7 +40,19 @@ pub fn router() -> Router<AppState> {
         .layer(json::limit(CALLBACK_BODY_LIMIT))
 }
 
-async fn dead_letters(
+/// Dead letters, most recently dead first, recipients masked. Staff only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/outbox/dead",
+    tag = "notify",
+    params(("limit" = Option<u32>, Query, description = "1..1000, default 100")),
+    responses(
+        (status = 200, description = "`{\"messages\": [...]}`"),
+        (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 422, description = "A bad `limit` or an unknown query parameter", body = ErrorBody),
+    )
+)]
+pub(crate) async fn dead_letters(
     _by: Commander,
     State(state): State<AppState>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
@@ -102,7 +115,20 @@ fn masked_recipient(state: &AppState, sealed: &[u8]) -> String {
     }
 }
 
-async fn requeue(
+/// Give a dead letter a fresh set of attempts, due now. Staff only; audit-logged.
+#[utoipa::path(
+    post,
+    path = "/api/v1/outbox/{id}/requeue",
+    tag = "notify",
+    params(("id" = String, Path, description = "The message id")),
+    responses(
+        (status = 200, description = "`{\"id\", \"state\": \"pending\"}`"),
+        (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody),
+        (status = 422, description = "The message is not dead (`not_dead`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn requeue(
     by: Commander,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -179,7 +205,21 @@ struct DeliveryReport {
 }
 
 /// The gateway's delivery report: `204` when stored, `404` for an unknown message id.
-async fn delivery_report(
+#[utoipa::path(
+    post,
+    path = "/api/v1/notifications/sms/delivery",
+    tag = "notify",
+    description = "`{\"message_id\", \"status\"}` as JSON or form-encoded, with the shared \
+        secret `notify.sms.callback_secret` in the `notify.sms.callback_header` header.",
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 401, description = "Missing or wrong shared secret", body = ErrorBody),
+        (status = 404, description = "No such message", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor form-encoded", body = ErrorBody),
+        (status = 422, description = "A bad `message_id` or `status`", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delivery_report(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,

@@ -1250,3 +1250,36 @@ async fn smtp_over_starttls_and_implicit_tls() {
         app.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_routes_are_in_the_openapi_document() {
+    let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
+    let doc: serde_json::Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (path, method, statuses) in [
+        ("/api/v1/outbox/dead", "get", &["200", "401", "422"][..]),
+        (
+            "/api/v1/outbox/{id}/requeue",
+            "post",
+            &["200", "401", "404", "422"],
+        ),
+        (
+            "/api/v1/notifications/sms/delivery",
+            "post",
+            &["204", "401", "404", "415", "422"],
+        ),
+    ] {
+        let responses = &doc["paths"][path][method]["responses"];
+        for status in statuses {
+            assert!(responses.get(status).is_some(), "{method} {path} {status}");
+        }
+    }
+    app.stop().await;
+}
