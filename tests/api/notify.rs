@@ -1189,6 +1189,8 @@ async fn smtp_over_starttls_and_implicit_tls() {
             e.security = security;
             e.ca_file = ca;
             c.notify.dispatcher.enabled = false;
+            c.notify.dispatcher.backoff_base_ms = 1;
+            c.notify.dispatcher.backoff_max_ms = 5;
         })
         .await;
         let config = &app.state.config;

@@ -163,32 +163,23 @@ impl Drop for SmtpServer {
 }
 
 /// A private CA (`ca.pem`) and a server certificate for `localhost` it signed (`cert.pem`,
-/// `key.pem`), made with the openssl command.
+/// `key.pem`).
 fn make_certificates(dir: &Path) {
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    let commands = [
-        format!("req -x509 {ec} -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem"),
-        format!("req {ec} -subj /CN=localhost -keyout key.pem -out leaf.csr"),
-        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-         -extfile leaf.ext -out cert.pem"
-            .to_owned(),
-    ];
-    for command in commands {
-        let args: Vec<&str> = command.split_whitespace().collect();
-        let status = Command::new("openssl")
-            .args(&args)
-            .current_dir(dir)
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl");
-        assert!(status.success(), "openssl {args:?}");
-    }
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Reliefline test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca, ca_key))
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
 }
 
 fn free_port() -> u16 {
