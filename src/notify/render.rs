@@ -460,7 +460,7 @@ fn report_status_label(lang: Lang, status: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone as _;
+    use chrono::{TimeZone as _, Utc};
 
     use super::*;
     use crate::config::Config;
@@ -506,8 +506,6 @@ mod tests {
             sent_at: None,
         }
     }
-
-    use chrono::Utc;
 
     #[tokio::test]
     async fn receipt_confirmations_render_in_both_languages() {
@@ -606,5 +604,112 @@ mod tests {
         let link = format!("https://relief.example.kr/subscriptions/confirm?id={id}&token={token}");
         assert!(rendered.text.contains(&link), "{}", rendered.text);
         assert!(rendered.sms.contains("123456"));
+    }
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::incident::model::{Localized, Origin, Severity};
+    use crate::store::{AuditEntry, MessageChannel, MessageState, NewIncident, NewIncidentUpdate};
+
+    /// A million notices of one update cost one store read: the second rendering in the same
+    /// language works even with the store closed; another language needs the store.
+    #[tokio::test]
+    async fn an_update_is_loaded_once_per_language() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults().unwrap();
+        config.database.url =
+            secrecy::SecretString::from(format!("sqlite://{}", dir.path().join("db").display()));
+        let store = crate::store::connect(&config.database).await.unwrap();
+        store.migrate().await.unwrap();
+        let (incident_id, update_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let now = Utc::now();
+        store
+            .create_incident(
+                &NewIncident {
+                    id: incident_id,
+                    title: Localized::new("카카오 장애", "Kakao outage"),
+                    provider: Some("Kakao".into()),
+                    services: vec!["KakaoTalk".into()],
+                    severity: Severity::Critical,
+                    origin: Origin::Declared,
+                    confirmed: true,
+                    started_at: now,
+                    first_update: NewIncidentUpdate {
+                        id: update_id,
+                        incident_id,
+                        status: IncidentStatus::Investigating,
+                        message: Localized::new("화재로 전원 차단", "Power cut by a fire"),
+                        actor: "token:test".into(),
+                        at: now,
+                    },
+                },
+                &AuditEntry {
+                    id: Uuid::now_v7(),
+                    at: now,
+                    actor: "token:test".into(),
+                    action: "incident.declare".into(),
+                    target: None,
+                    detail: None,
+                    client_addr: None,
+                },
+            )
+            .await
+            .unwrap();
+        let renderer = Renderer::new(
+            Arc::clone(&store),
+            Arc::new(Keys::from_master(&[7; 32])),
+            &RenderSettings {
+                public_base_url: "https://relief.example.kr".into(),
+                contact_phone: String::new(),
+                contact_url: String::new(),
+            },
+        )
+        .unwrap();
+        let message = |lang: &str, subscription: Option<Uuid>| OutboxMessage {
+            id: Uuid::now_v7(),
+            channel: MessageChannel::Email,
+            template: "incident_update".into(),
+            lang: lang.into(),
+            recipient: Vec::new(),
+            payload: serde_json::json!({
+                "incident_id": incident_id, "update_id": update_id,
+                "subscription_id": subscription,
+            }),
+            source_kind: "incident_update".into(),
+            source_id: Some(update_id),
+            state: MessageState::Sending,
+            attempts: 1,
+            next_attempt_at: now,
+            last_error: None,
+            gateway_ref: None,
+            delivery_status: None,
+            created_at: now,
+            updated_at: now,
+            sent_at: None,
+        };
+        let first = renderer.render(&message("ko", None)).await.unwrap();
+        assert!(first.text.contains("화재로 전원 차단"), "{}", first.text);
+        // Without a phone, the contact is the status page.
+        assert!(first.text.contains("https://relief.example.kr/status"));
+        store.close().await;
+        let subscriber = Uuid::now_v7();
+        let again = renderer
+            .render(&message("ko", Some(subscriber)))
+            .await
+            .unwrap();
+        assert!(again.text.starts_with(&first.text));
+        assert!(
+            again
+                .unsubscribe_url
+                .unwrap()
+                .contains(&subscriber.to_string())
+        );
+        let english = renderer.render(&message("en", None)).await.unwrap_err();
+        assert!(english.is_transient(), "{english}");
     }
 }
