@@ -16,6 +16,7 @@ use crate::crypto::Keys;
 use crate::http::server::{self, ServeOptions};
 use crate::incident::{Clock, Incidents, Mode, ModeHandle, SurgeDetector};
 use crate::intake::{Batcher, BatcherOptions, Intake};
+use crate::notify::Dispatcher;
 use crate::ratelimit::{Limiters, Profile};
 use crate::store::{self, DynStore};
 use crate::subscribe::FanoutWorker;
@@ -62,6 +63,8 @@ pub struct App {
     metrics_listener: Option<TcpListener>,
     background: TaskTracker,
     background_shutdown: CancellationToken,
+    /// Delivers the outbox; `None` when `notify.dispatcher.enabled` is off.
+    dispatcher: Option<Arc<Dispatcher>>,
 }
 
 impl App {
@@ -115,6 +118,17 @@ impl App {
             Arc::clone(&store),
             Arc::clone(&keys),
         );
+        let dispatcher = if config.notify.dispatcher.enabled {
+            Some(Arc::new(Dispatcher::new(
+                &config.notify,
+                &config.http.public_base_url,
+                Arc::clone(&store),
+                Arc::clone(&keys),
+                clock.clone(),
+            )?))
+        } else {
+            None
+        };
         let limiters = Limiters::new(&config.rate_limits)?;
         background.spawn(limiters.clone().run_pruner(background_shutdown.clone()));
         let web = Arc::new(Web::new(&config, incidents.mode()));
@@ -136,6 +150,7 @@ impl App {
             metrics_listener,
             background,
             background_shutdown,
+            dispatcher,
         })
     }
 
@@ -163,6 +178,7 @@ impl App {
             metrics_listener,
             background,
             background_shutdown,
+            dispatcher,
         } = self;
         let http = &state.config.http;
         let options = ServeOptions {
@@ -171,6 +187,9 @@ impl App {
             grace: http.shutdown_grace(),
         };
         background.spawn(Arc::clone(&state.incidents).run(background_shutdown.child_token()));
+        if let Some(dispatcher) = dispatcher {
+            background.spawn(dispatcher.run(background_shutdown.child_token()));
+        }
         background.spawn(follow_mode(
             state.clone(),
             background_shutdown.child_token(),

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod http;
 pub mod incident;
 pub mod intake;
+pub mod notify;
 pub mod ratelimit;
 pub mod store;
 pub mod subscribe;

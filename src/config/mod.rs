@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::crypto::Keys;
+use crate::notify::NotifyConfig;
 use crate::ratelimit::RateLimitConfig;
 use crate::subscribe::{FanoutConfig, SubscriptionsConfig};
 
@@ -38,6 +39,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub subscriptions: SubscriptionsConfig,
     pub fanout: FanoutConfig,
+    pub notify: NotifyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,6 +358,7 @@ impl Config {
             .map_err(|e| ConfigError(e.to_string()))?;
         self.subscriptions.validate().map_err(ConfigError)?;
         self.fanout.validate().map_err(ConfigError)?;
+        self.notify.validate().map_err(ConfigError)?;
         Ok(())
     }
 }

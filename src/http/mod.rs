@@ -39,7 +39,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::intake::router())
         .merge(crate::incident::api::router())
         .merge(crate::subscribe::router())
-        .merge(crate::web::router());
+        .merge(crate::web::router())
+        .merge(crate::notify::api::router());
     if state.config.metrics.listen.is_none() {
         routes = routes.merge(ops::metrics_router());
     }

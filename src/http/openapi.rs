@@ -25,10 +25,14 @@ use crate::app::AppState;
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
+        crate::notify::api::dead_letters,
+        crate::notify::api::requeue,
+        crate::notify::api::delivery_report,
     ),
     tags(
         (name = "intake", description = "Harm reports from the public"),
         (name = "ops", description = "Health, readiness and metrics"),
+        (name = "notify", description = "Outbox dead letters and SMS delivery reports"),
     )
 )]
 pub struct ApiDoc;

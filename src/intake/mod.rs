@@ -31,10 +31,11 @@ pub use request::{FieldErrors, Reporter, ValidReport};
 use crate::app::AppState;
 use crate::config::IntakeConfig;
 use crate::crypto::Keys;
-use crate::domain::{Channel, Receipt};
+use crate::domain::{Channel, EmailAddress, PhoneNumber, Receipt};
 use crate::http::ApiError;
 use crate::http::client_ip::Client;
 use crate::http::error::ErrorBody;
+use crate::notify::Lang;
 use crate::store::{DynStore, IdempotencyRecord, NewReport, ReportWrite};
 use crate::telemetry::names;
 
@@ -240,40 +241,50 @@ impl Intake {
             notify_sms,
             notify_email,
         } = report;
-        ReportWrite {
-            report: NewReport {
-                id: Uuid::now_v7(),
-                receipt: Receipt::generate(),
-                incident_id,
-                channel,
-                provider,
-                service,
-                reporter_type,
-                harm_type,
-                occurred_at,
-                amount_krw,
-                title,
-                description,
-                reporter_name: self.keys.seal(&reporter.name),
-                phone: reporter
-                    .phone
-                    .as_ref()
-                    .map(|p| self.keys.seal_contact(&p.e164())),
-                email: reporter
-                    .email
-                    .as_ref()
-                    .map(|e| self.keys.seal_contact(&e.normalised())),
-                notify_sms,
-                notify_email,
-                idempotency: idempotency.map(|(key, hash)| IdempotencyRecord {
-                    key: key.as_str().to_owned(),
-                    request_hash: *hash,
-                }),
-                // Millisecond precision: what is stored is exactly what was answered.
-                received_at: Utc::now().trunc_subsecs(3),
-            },
-            outbox: Vec::new(),
-        }
+        let report = NewReport {
+            id: Uuid::now_v7(),
+            receipt: Receipt::generate(),
+            incident_id,
+            channel,
+            provider,
+            service,
+            reporter_type,
+            harm_type,
+            occurred_at,
+            amount_krw,
+            title,
+            description,
+            reporter_name: self.keys.seal(&reporter.name),
+            phone: reporter
+                .phone
+                .as_ref()
+                .map(|p| self.keys.seal_contact(&p.e164())),
+            email: reporter
+                .email
+                .as_ref()
+                .map(|e| self.keys.seal_contact(&e.normalised())),
+            notify_sms,
+            notify_email,
+            idempotency: idempotency.map(|(key, hash)| IdempotencyRecord {
+                key: key.as_str().to_owned(),
+                request_hash: *hash,
+            }),
+            // Millisecond precision: what is stored is exactly what was answered.
+            received_at: Utc::now().trunc_subsecs(3),
+        };
+        // The API has no language field yet: confirmations go out in Korean.
+        let outbox = crate::notify::receipt_confirmation(
+            &self.keys,
+            &report,
+            reporter.phone.as_ref().map(PhoneNumber::e164).as_deref(),
+            reporter
+                .email
+                .as_ref()
+                .map(EmailAddress::normalised)
+                .as_deref(),
+            Lang::Ko,
+        );
+        ReportWrite { report, outbox }
     }
 }
 

@@ -108,7 +108,7 @@ impl ProfileLimits {
 
 impl Limit {
     /// The governor quota, `None` when the limit is off; `Err` names the bad field.
-    pub(super) fn quota(self) -> Result<Option<Quota>, (&'static str, String)> {
+    pub(crate) fn quota(self) -> Result<Option<Quota>, (&'static str, String)> {
         if !(self.per_minute.is_finite() && (0.0..=MAX_PER_MINUTE).contains(&self.per_minute)) {
             return Err((
                 "per_minute",

@@ -28,7 +28,10 @@ pub use incidents::{
     Confirmation, Incident, IncidentRecord, IncidentStore, IncidentUpdate, NewIncident,
     NewIncidentUpdate, Transition,
 };
-pub use outbox::{MessageChannel, NewMessage};
+pub use outbox::{
+    MessageChannel, MessageState, NewMessage, OutboxMessage, OutboxProgress, OutboxStore, Outcome,
+    PendingStat, Requeue,
+};
 pub use postgres::PgStore;
 pub use reports::{
     HistoryEntry, IdempotencyRecord, IdempotentReport, NewReport, ReportStore, ReportWrite,
@@ -117,7 +120,15 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything Reliefline asks of its database: one trait per capability, plus the lifecycle.
 #[async_trait]
 pub trait Store:
-    ReportStore + AuditStore + IncidentStore + SubscriptionStore + FanoutStore + Send + Sync + 'static
+    ReportStore
+    + AuditStore
+    + IncidentStore
+    + SubscriptionStore
+    + FanoutStore
+    + OutboxStore
+    + Send
+    + Sync
+    + 'static
 {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;

@@ -1,8 +1,15 @@
 //! Notifications waiting to be delivered (the transactional outbox).
+//!
+//! A message is written in the same transaction as the event that causes it, then claimed by a
+//! dispatcher with a lease: the claim is committed before anything is sent, so no transaction is
+//! held open across a network call, and a lease that lapses (the process died mid-send) makes the
+//! message due again. Everything but the claim reads the same on both backends and is written
+//! once, in [`impl_outbox_store!`].
 
+use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::Timestamp;
+use super::{StoreError, StoreResult, Timestamp, from_millis, parse_stored};
 
 /// A notification to be delivered later by the outbox dispatcher.
 #[derive(Debug, Clone)]
@@ -19,15 +26,549 @@ pub struct NewMessage {
     pub not_before: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::AsRefStr, strum::EnumString)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::AsRefStr, strum::EnumString, strum::EnumIter,
+)]
 #[strum(serialize_all = "snake_case")]
 pub enum MessageChannel {
     Email,
     Sms,
 }
 
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::AsRefStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
+pub enum MessageState {
+    /// Waiting for its `next_attempt_at`.
+    Pending,
+    /// Claimed by a dispatcher whose lease runs until `lease_until`.
+    Sending,
+    Sent,
+    /// Refused for good (an invalid address, a 4xx); not retried.
+    Failed,
+    /// Every attempt failed; waits for staff to requeue it.
+    Dead,
+}
+
+#[async_trait]
+pub trait OutboxStore {
+    /// Write messages outside any other change (most are written with the event causing them).
+    async fn enqueue(&self, messages: &[NewMessage]) -> StoreResult<()>;
+
+    /// Lease up to `limit` due messages to `owner` until `lease_until`, counting an attempt on
+    /// each; committed before returning. Messages whose lease has lapsed are due again.
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxMessage>>;
+
+    /// Record what happened to claimed messages, in one transaction. Each answer is `false`
+    /// when `owner` no longer held that message (its lease lapsed and another dispatcher took
+    /// it): that outcome is then not recorded.
+    async fn record_outcomes(
+        &self,
+        owner: &str,
+        outcomes: &[(Uuid, Outcome)],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>>;
+
+    /// [`OutboxStore::record_outcomes`] for one message.
+    async fn record_outcome(
+        &self,
+        id: Uuid,
+        owner: &str,
+        outcome: &Outcome,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let recorded = self
+            .record_outcomes(owner, &[(id, outcome.clone())], now)
+            .await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
+
+    /// Hand back every message `owner` holds, unsent and due at once, the attempt not counted.
+    async fn release_all(&self, owner: &str, now: Timestamp) -> StoreResult<u64>;
+
+    /// Dead letters, most recently dead first.
+    async fn dead_letters(&self, limit: u32) -> StoreResult<Vec<OutboxMessage>>;
+
+    /// Give a dead letter a fresh set of attempts, due at `now`.
+    async fn requeue(&self, id: Uuid, now: Timestamp) -> StoreResult<Requeue>;
+
+    /// Store the gateway's delivery report for a message; `false` for an unknown id.
+    async fn set_delivery_status(
+        &self,
+        id: Uuid,
+        status: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool>;
+
+    /// Messages waiting (pending or sending) per channel, with the oldest one's creation time.
+    async fn pending_stats(&self) -> StoreResult<Vec<PendingStat>>;
+
+    /// How far the messages caused by one source (a report, an incident update) have got.
+    async fn outbox_progress(&self, source_id: Uuid) -> StoreResult<OutboxProgress>;
+
+    /// One message, whatever its state.
+    async fn find_message(&self, id: Uuid) -> StoreResult<Option<OutboxMessage>>;
+}
+
+/// A stored message as the dispatcher and staff see it. The recipient is still sealed.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub id: Uuid,
+    pub channel: MessageChannel,
+    pub template: String,
+    pub lang: String,
+    pub recipient: Vec<u8>,
+    pub payload: serde_json::Value,
+    pub source_kind: String,
+    pub source_id: Option<Uuid>,
+    pub state: MessageState,
+    /// Attempts made, including the one a claim just started.
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub last_error: Option<String>,
+    pub gateway_ref: Option<String>,
+    pub delivery_status: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub sent_at: Option<Timestamp>,
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent { gateway_ref: Option<String> },
+    Retry { at: Timestamp, error: String },
+    Failed { error: String },
+    Dead { error: String },
+}
+
+impl Outcome {
+    pub fn state(&self) -> MessageState {
+        match self {
+            Self::Sent { .. } => MessageState::Sent,
+            Self::Retry { .. } => MessageState::Pending,
+            Self::Failed { .. } => MessageState::Failed,
+            Self::Dead { .. } => MessageState::Dead,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue {
+    Done,
+    NotFound,
+    /// The message exists but is not dead; nothing changed.
+    NotDead(MessageState),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingStat {
+    pub channel: MessageChannel,
+    pub count: u64,
+    pub oldest_created_at: Option<Timestamp>,
+}
+
+/// Messages of one source by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxProgress {
+    pub pending: u64,
+    pub sending: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub dead: u64,
+}
+
+impl OutboxProgress {
+    pub fn total(&self) -> u64 {
+        self.pending + self.sending + self.sent + self.failed + self.dead
+    }
+
+    pub(super) fn add(&mut self, state: &str, count: i64) -> StoreResult<()> {
+        let n = u64::try_from(count).unwrap_or_default();
+        match parse_stored::<MessageState>(state, "outbox.state")? {
+            MessageState::Pending => self.pending += n,
+            MessageState::Sending => self.sending += n,
+            MessageState::Sent => self.sent += n,
+            MessageState::Failed => self.failed += n,
+            MessageState::Dead => self.dead += n,
+        }
+        Ok(())
+    }
+}
+
 pub(super) mod sql {
     /// Columns of an outbox row, in the order the SQLite batch insert binds them.
     pub const OUTBOX_COLUMNS: &str = "id, channel, template, lang, recipient_enc, payload, \
          source_kind, source_id, state, attempts, next_attempt_at, created_at, updated_at";
+
+    /// Every column, in [`super::MessageRow`]'s order.
+    macro_rules! message_columns {
+        () => {
+            "id, channel, template, lang, recipient_enc, payload, source_kind, source_id, state, \
+             attempts, next_attempt_at, last_error, gateway_ref, delivery_status, created_at, \
+             updated_at, sent_at"
+        };
+    }
+
+    pub const INSERT_ONE: &str = "INSERT INTO outbox (id, channel, template, lang, \
+         recipient_enc, payload, source_kind, source_id, state, attempts, next_attempt_at, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9)";
+
+    /// The due messages a claim takes: pending or with a lapsed lease, oldest due first. The
+    /// claim pushes `next_attempt_at` to the lease end, so leased rows drop out of the due index.
+    macro_rules! due_ids {
+        () => {
+            "SELECT id FROM outbox WHERE state IN ('pending', 'sending') \
+             AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3) \
+             ORDER BY next_attempt_at LIMIT $4"
+        };
+    }
+
+    macro_rules! claim {
+        ($lock:literal) => {
+            concat!(
+                "UPDATE outbox SET state = 'sending', lease_owner = $1, lease_until = $2, \
+                 next_attempt_at = $2, attempts = attempts + 1, updated_at = $3 \
+                 WHERE id IN (",
+                due_ids!(),
+                $lock,
+                ") RETURNING ",
+                message_columns!()
+            )
+        };
+    }
+
+    /// SQLite runs a single dispatcher and serialises writers: no row locks needed.
+    pub const CLAIM_SQLITE: &str = claim!("");
+
+    /// PostgreSQL: replicas skip rows another claim is taking, so none waits and none takes a
+    /// row twice.
+    pub const CLAIM_POSTGRES: &str = claim!(" FOR UPDATE SKIP LOCKED");
+
+    pub const RECORD: &str = "UPDATE outbox SET state = $3, \
+         next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, \
+         gateway_ref = COALESCE($6, gateway_ref), sent_at = $7, lease_owner = NULL, \
+         lease_until = NULL, updated_at = $8 \
+         WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
+
+    pub const RELEASE_ALL: &str = "UPDATE outbox SET state = 'pending', \
+         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_at = $2, \
+         lease_owner = NULL, lease_until = NULL, updated_at = $2 \
+         WHERE lease_owner = $1 AND state = 'sending'";
+
+    pub const DEAD_LETTERS: &str = concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM outbox WHERE state = 'dead' ORDER BY updated_at DESC, id DESC LIMIT $1"
+    );
+
+    pub const REQUEUE: &str = "UPDATE outbox SET state = 'pending', attempts = 0, \
+         next_attempt_at = $2, lease_owner = NULL, lease_until = NULL, updated_at = $2 \
+         WHERE id = $1 AND state = 'dead'";
+
+    pub const STATE_OF: &str = "SELECT state FROM outbox WHERE id = $1";
+
+    pub const SET_DELIVERY: &str =
+        "UPDATE outbox SET delivery_status = $2, updated_at = $3 WHERE id = $1";
+
+    pub const PENDING_STATS: &str = "SELECT channel, count(*) AS n, min(created_at) AS oldest \
+         FROM outbox WHERE state IN ('pending', 'sending') GROUP BY channel";
+
+    pub const PROGRESS: &str =
+        "SELECT state, count(*) AS n FROM outbox WHERE source_id = $1 GROUP BY state";
+
+    pub const FIND: &str = concat!("SELECT ", message_columns!(), " FROM outbox WHERE id = $1");
 }
+
+#[derive(sqlx::FromRow)]
+pub(super) struct MessageRow {
+    id: Uuid,
+    channel: String,
+    template: String,
+    lang: String,
+    recipient_enc: Vec<u8>,
+    payload: String,
+    source_kind: String,
+    source_id: Option<Uuid>,
+    state: String,
+    attempts: i32,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    gateway_ref: Option<String>,
+    delivery_status: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    sent_at: Option<i64>,
+}
+
+impl TryFrom<MessageRow> for OutboxMessage {
+    type Error = StoreError;
+
+    fn try_from(row: MessageRow) -> StoreResult<Self> {
+        Ok(Self {
+            id: row.id,
+            channel: parse_stored(&row.channel, "outbox.channel")?,
+            template: row.template,
+            lang: row.lang,
+            recipient: row.recipient_enc,
+            payload: serde_json::from_str(&row.payload).map_err(|_| {
+                StoreError::Other(anyhow::anyhow!("unreadable value in outbox.payload"))
+            })?,
+            source_kind: row.source_kind,
+            source_id: row.source_id,
+            state: parse_stored(&row.state, "outbox.state")?,
+            attempts: u32::try_from(row.attempts).unwrap_or_default(),
+            next_attempt_at: from_millis(row.next_attempt_at),
+            last_error: row.last_error,
+            gateway_ref: row.gateway_ref,
+            delivery_status: row.delivery_status,
+            created_at: from_millis(row.created_at),
+            updated_at: from_millis(row.updated_at),
+            sent_at: row.sent_at.map(from_millis),
+        })
+    }
+}
+
+pub(super) fn messages(rows: Vec<MessageRow>) -> StoreResult<Vec<OutboxMessage>> {
+    rows.into_iter().map(OutboxMessage::try_from).collect()
+}
+
+/// Longest error text kept with a message: enough to diagnose, bounded per row.
+const ERROR_MAX: usize = 500;
+
+pub(super) fn clip_error(error: &str) -> String {
+    match error.char_indices().nth(ERROR_MAX) {
+        Some((end, _)) => format!("{}…", &error[..end]),
+        None => error.to_owned(),
+    }
+}
+
+/// The implementation of [`OutboxStore`] for a store type whose pools are `$read` and `$write`
+/// (the same pool on PostgreSQL); `$claim` is the backend's claim statement.
+macro_rules! impl_outbox_store {
+    ($store:ty, read: $read:ident, write: $write:ident, claim: $claim:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::OutboxStore for $store {
+            async fn enqueue(
+                &self,
+                messages: &[$crate::store::NewMessage],
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::outbox::sql;
+                let mut tx = self.$write.begin().await.map_err(Self::error)?;
+                for m in messages {
+                    sqlx::query(sql::INSERT_ONE)
+                        .bind(m.id)
+                        .bind(m.channel.as_ref())
+                        .bind(m.template.as_str())
+                        .bind(m.lang.as_str())
+                        .bind(m.recipient.as_slice())
+                        .bind(m.payload.to_string())
+                        .bind(m.source_kind.as_str())
+                        .bind(m.source_id)
+                        .bind($crate::store::to_millis(m.not_before))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(Self::error)?;
+                }
+                tx.commit().await.map_err(Self::error)
+            }
+
+            async fn claim_due(
+                &self,
+                owner: &str,
+                now: $crate::store::Timestamp,
+                lease_until: $crate::store::Timestamp,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OutboxMessage>> {
+                use $crate::store::outbox::{MessageRow, messages};
+                let rows = sqlx::query_as::<_, MessageRow>($claim)
+                    .bind(owner)
+                    .bind($crate::store::to_millis(lease_until))
+                    .bind($crate::store::to_millis(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.$write)
+                    .await
+                    .map_err(Self::error)?;
+                messages(rows)
+            }
+
+            async fn record_outcomes(
+                &self,
+                owner: &str,
+                outcomes: &[(uuid::Uuid, $crate::store::Outcome)],
+                now: $crate::store::Timestamp,
+            ) -> $crate::store::StoreResult<Vec<bool>> {
+                use $crate::store::Outcome;
+                use $crate::store::outbox::{clip_error, sql};
+                let now_ms = $crate::store::to_millis(now);
+                let mut recorded = Vec::with_capacity(outcomes.len());
+                // One commit for the lot: on SQLite every commit is an fsync.
+                let mut tx = self.$write.begin().await.map_err(Self::error)?;
+                for (id, outcome) in outcomes {
+                    let (next, error, gateway_ref, sent_at) = match outcome {
+                        Outcome::Sent { gateway_ref } => {
+                            (None, None, gateway_ref.clone(), Some(now_ms))
+                        }
+                        Outcome::Retry { at, error } => (
+                            Some($crate::store::to_millis(*at)),
+                            Some(clip_error(error)),
+                            None,
+                            None,
+                        ),
+                        Outcome::Failed { error } | Outcome::Dead { error } => {
+                            (None, Some(clip_error(error)), None, None)
+                        }
+                    };
+                    let done = sqlx::query(sql::RECORD)
+                        .bind(*id)
+                        .bind(owner)
+                        .bind(outcome.state().as_ref())
+                        .bind(next)
+                        .bind(error)
+                        .bind(gateway_ref)
+                        .bind(sent_at)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(Self::error)?;
+                    recorded.push(done.rows_affected() == 1);
+                }
+                tx.commit().await.map_err(Self::error)?;
+                Ok(recorded)
+            }
+
+            async fn release_all(
+                &self,
+                owner: &str,
+                now: $crate::store::Timestamp,
+            ) -> $crate::store::StoreResult<u64> {
+                use $crate::store::outbox::sql;
+                let done = sqlx::query(sql::RELEASE_ALL)
+                    .bind(owner)
+                    .bind($crate::store::to_millis(now))
+                    .execute(&self.$write)
+                    .await
+                    .map_err(Self::error)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn dead_letters(
+                &self,
+                limit: u32,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::OutboxMessage>> {
+                use $crate::store::outbox::{MessageRow, messages, sql};
+                let rows = sqlx::query_as::<_, MessageRow>(sql::DEAD_LETTERS)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.$read)
+                    .await
+                    .map_err(Self::error)?;
+                messages(rows)
+            }
+
+            async fn requeue(
+                &self,
+                id: uuid::Uuid,
+                now: $crate::store::Timestamp,
+            ) -> $crate::store::StoreResult<$crate::store::Requeue> {
+                use $crate::store::Requeue;
+                use $crate::store::outbox::sql;
+                let done = sqlx::query(sql::REQUEUE)
+                    .bind(id)
+                    .bind($crate::store::to_millis(now))
+                    .execute(&self.$write)
+                    .await
+                    .map_err(Self::error)?;
+                if done.rows_affected() == 1 {
+                    return Ok(Requeue::Done);
+                }
+                let state: Option<String> = sqlx::query_scalar(sql::STATE_OF)
+                    .bind(id)
+                    .fetch_optional(&self.$write)
+                    .await
+                    .map_err(Self::error)?;
+                match state {
+                    None => Ok(Requeue::NotFound),
+                    Some(s) => Ok(Requeue::NotDead($crate::store::parse_stored(
+                        &s,
+                        "outbox.state",
+                    )?)),
+                }
+            }
+
+            async fn set_delivery_status(
+                &self,
+                id: uuid::Uuid,
+                status: &str,
+                now: $crate::store::Timestamp,
+            ) -> $crate::store::StoreResult<bool> {
+                use $crate::store::outbox::sql;
+                let done = sqlx::query(sql::SET_DELIVERY)
+                    .bind(id)
+                    .bind(status)
+                    .bind($crate::store::to_millis(now))
+                    .execute(&self.$write)
+                    .await
+                    .map_err(Self::error)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn pending_stats(
+                &self,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::PendingStat>> {
+                use $crate::store::outbox::sql;
+                let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(sql::PENDING_STATS)
+                    .fetch_all(&self.$read)
+                    .await
+                    .map_err(Self::error)?;
+                rows.into_iter()
+                    .map(|(channel, n, oldest)| {
+                        Ok($crate::store::PendingStat {
+                            channel: $crate::store::parse_stored(&channel, "outbox.channel")?,
+                            count: u64::try_from(n).unwrap_or_default(),
+                            oldest_created_at: oldest.map($crate::store::from_millis),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn outbox_progress(
+                &self,
+                source_id: uuid::Uuid,
+            ) -> $crate::store::StoreResult<$crate::store::OutboxProgress> {
+                use $crate::store::outbox::sql;
+                let rows: Vec<(String, i64)> = sqlx::query_as(sql::PROGRESS)
+                    .bind(source_id)
+                    .fetch_all(&self.$read)
+                    .await
+                    .map_err(Self::error)?;
+                let mut progress = $crate::store::OutboxProgress::default();
+                for (state, n) in rows {
+                    progress.add(&state, n)?;
+                }
+                Ok(progress)
+            }
+
+            async fn find_message(
+                &self,
+                id: uuid::Uuid,
+            ) -> $crate::store::StoreResult<Option<$crate::store::OutboxMessage>> {
+                use $crate::store::outbox::{MessageRow, sql};
+                sqlx::query_as::<_, MessageRow>(sql::FIND)
+                    .bind(id)
+                    .fetch_optional(&self.$read)
+                    .await
+                    .map_err(Self::error)?
+                    .map($crate::store::OutboxMessage::try_from)
+                    .transpose()
+            }
+        }
+    };
+}
+
+pub(super) use impl_outbox_store;

@@ -120,6 +120,9 @@ pub fn test_config(db: &TestDb) -> Config {
     config.database.max_connections = 4;
     config.security.master_key = SecretString::from("11".repeat(32));
     config.security.key_file = db.dir().join("master.key");
+    // Notifications spool next to the test database, not into the working directory.
+    config.notify.email.spool_dir = db.dir().join("spool/email");
+    config.notify.sms.spool_path = db.dir().join("spool/sms.jsonl");
     // Tests send many requests from one address; those about rate limits turn them back on.
     for profile in [
         &mut config.rate_limits.normal,
@@ -257,6 +260,14 @@ impl ServiceProcess {
             .env("RELIEFLINE_METRICS__LISTEN", "127.0.0.1:0")
             .env("RELIEFLINE_DATABASE__URL", &db.url)
             .env("RELIEFLINE_SECURITY__MASTER_KEY", "11".repeat(32))
+            .env(
+                "RELIEFLINE_NOTIFY__EMAIL__SPOOL_DIR",
+                db.dir().join("spool/email"),
+            )
+            .env(
+                "RELIEFLINE_NOTIFY__SMS__SPOOL_PATH",
+                db.dir().join("spool/sms.jsonl"),
+            )
             .env("RELIEFLINE_LOG__FORMAT", "json")
             .env("RELIEFLINE_LOG__LEVEL", "info")
             .env("RELIEFLINE_RATE_LIMITS__NORMAL__REPORT_IP__PER_MINUTE", "0")

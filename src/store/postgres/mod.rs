@@ -14,6 +14,7 @@ use crate::config::DatabaseConfig;
 mod audit;
 mod fanout;
 mod incidents;
+mod outbox;
 mod reports;
 mod subscriptions;
 

@@ -1,0 +1,458 @@
+//! The outbox dispatcher: claim due messages with a lease (committed), send each outside any
+//! transaction under a timeout, then record the outcome.
+//!
+//! Transient failures are retried with exponential backoff and jitter (never sooner than a
+//! gateway's `Retry-After`); permanent ones are not; a message out of attempts is dead-lettered
+//! for staff to requeue. Per-channel token buckets keep sends under the gateways' contracted
+//! rates. On shutdown it stops claiming, lets sends in flight finish, and hands back the
+//! messages it had claimed but not started.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+use lettre::message::Mailbox;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::config::{DispatcherConfig, NotifyConfig};
+use super::email::EmailTransport;
+use super::euckr;
+use super::render::{RenderSettings, Renderer};
+use super::sms::{SmsMessage, SmsTransport};
+use super::transport::{Delivered, SendError};
+use crate::crypto::Keys;
+use crate::incident::Clock;
+use crate::store::{DynStore, MessageChannel, OutboxMessage, Outcome, StoreResult, Timestamp};
+use crate::telemetry::names;
+
+/// Most outcomes recorded in one transaction.
+const RECORD_GROUP_MAX: usize = 256;
+
+/// The longest `Retry-After` honoured; a gateway asking for more is retried after this.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// What one round did, for tests and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    pub claimed: usize,
+    pub sent: usize,
+    pub retried: usize,
+    pub failed: usize,
+    pub dead: usize,
+    /// Claimed but handed back unsent: the dispatcher is stopping, or the rate limit held the
+    /// message past half its lease.
+    pub released: usize,
+    /// The outcome could not be recorded: the lease had lapsed and another dispatcher took it.
+    pub lost: usize,
+}
+
+impl Round {
+    fn count(&mut self, outcome: &Outcome, channel: MessageChannel) {
+        let label = match outcome {
+            Outcome::Sent { .. } => {
+                self.sent += 1;
+                "sent"
+            }
+            Outcome::Retry { .. } => {
+                self.retried += 1;
+                "retry"
+            }
+            Outcome::Failed { .. } => {
+                self.failed += 1;
+                "failed"
+            }
+            Outcome::Dead { .. } => {
+                self.dead += 1;
+                "dead"
+            }
+        };
+        metrics::counter!(
+            names::NOTIFICATIONS,
+            "channel" => channel_label(channel),
+            "outcome" => label
+        )
+        .increment(1);
+    }
+}
+
+pub struct Dispatcher {
+    store: DynStore,
+    keys: Arc<Keys>,
+    renderer: Renderer,
+    email: EmailTransport,
+    sms: SmsTransport,
+    from: Mailbox,
+    sms_sender: String,
+    config: DispatcherConfig,
+    owner: String,
+    clock: Clock,
+    email_limit: Option<DefaultDirectRateLimiter>,
+    sms_limit: Option<DefaultDirectRateLimiter>,
+}
+
+enum Delivery {
+    Done(Outcome),
+    /// Not attempted: the dispatcher is stopping.
+    Skipped,
+}
+
+impl Dispatcher {
+    pub fn new(
+        config: &NotifyConfig,
+        public_base_url: &str,
+        store: DynStore,
+        keys: Arc<Keys>,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        let renderer = Renderer::new(
+            Arc::clone(&store),
+            Arc::clone(&keys),
+            &RenderSettings {
+                public_base_url: public_base_url.to_owned(),
+                contact_phone: config.contact_phone.clone(),
+                contact_url: config.contact_url.clone(),
+            },
+        )?;
+        let address =
+            config.email.from_address.parse().map_err(|_| {
+                anyhow::anyhow!("notify.email.from_address is not an e-mail address")
+            })?;
+        let from_name = Some(config.email.from_name.trim().to_owned()).filter(|n| !n.is_empty());
+        let limiter = |limit: crate::ratelimit::Limit, key: &str| -> anyhow::Result<_> {
+            let quota = limit.quota().map_err(|(field, why)| {
+                anyhow::anyhow!("notify.rate_limits.{key}.{field}: {why}")
+            })?;
+            Ok(quota.map(RateLimiter::direct))
+        };
+        Ok(Self {
+            renderer,
+            email: EmailTransport::from_config(&config.email)?,
+            sms: SmsTransport::from_config(&config.sms)?,
+            from: Mailbox::new(from_name, address),
+            sms_sender: config.sms.sender.clone(),
+            config: config.dispatcher.clone(),
+            owner: format!("dispatcher:{}", Uuid::now_v7()),
+            email_limit: limiter(config.rate_limits.email, "email")?,
+            sms_limit: limiter(config.rate_limits.sms, "sms")?,
+            store,
+            keys,
+            clock,
+        })
+    }
+
+    /// The lease owner name this dispatcher claims under.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// One round: claim what is due, deliver it, record the outcomes.
+    pub async fn run_once(&self) -> StoreResult<Round> {
+        self.round(&CancellationToken::new()).await
+    }
+
+    /// Deliver until `shutdown`; then hand back anything still held.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let stats = tokio::spawn(Arc::clone(&self).report_pending(shutdown.clone()));
+        while !shutdown.is_cancelled() {
+            let wait = match self.round(&shutdown).await {
+                // A full batch: more is probably due, go again at once.
+                Ok(round) if round.claimed >= self.config.batch_size as usize => continue,
+                Ok(_) => self.config.poll_interval(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox claim failed; retrying");
+                    self.config.poll_interval()
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+        match self.store.release_all(&self.owner, self.clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(released = n, "outbox messages handed back on shutdown");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand back outbox messages; their leases will lapse");
+            }
+        }
+        drop(stats.await);
+    }
+
+    async fn round(&self, shutdown: &CancellationToken) -> StoreResult<Round> {
+        let now = self.clock.now();
+        let lease_until = now + self.config.lease();
+        let claimed = self
+            .store
+            .claim_due(&self.owner, now, lease_until, self.config.batch_size)
+            .await?;
+        let mut round = Round {
+            claimed: claimed.len(),
+            ..Round::default()
+        };
+        // Outcomes are recorded in groups of whatever has finished, one commit per group.
+        let mut deliveries = futures::stream::iter(claimed)
+            .map(|message| async move {
+                let delivery = self.deliver(&message, lease_until, shutdown).await;
+                (message.id, message.channel, delivery)
+            })
+            .buffer_unordered(self.config.concurrency)
+            .ready_chunks(RECORD_GROUP_MAX);
+        while let Some(group) = deliveries.next().await {
+            let mut done = Vec::with_capacity(group.len());
+            let mut channels = Vec::with_capacity(group.len());
+            for (id, channel, delivery) in group {
+                match delivery {
+                    Delivery::Done(outcome) => {
+                        done.push((id, outcome));
+                        channels.push(channel);
+                    }
+                    Delivery::Skipped => round.released += 1,
+                }
+            }
+            if done.is_empty() {
+                continue;
+            }
+            let recorded = self
+                .store
+                .record_outcomes(&self.owner, &done, self.clock.now())
+                .await?;
+            for (((id, outcome), channel), recorded) in done.iter().zip(channels).zip(recorded) {
+                if !recorded {
+                    round.lost += 1;
+                    tracing::warn!(message_id = %id, "lease lapsed before the outcome was recorded");
+                    continue;
+                }
+                round.count(outcome, channel);
+            }
+        }
+        drop(deliveries);
+        if round.released > 0 {
+            self.store
+                .release_all(&self.owner, self.clock.now())
+                .await?;
+        }
+        Ok(round)
+    }
+
+    async fn deliver(
+        &self,
+        message: &OutboxMessage,
+        lease_until: Timestamp,
+        shutdown: &CancellationToken,
+    ) -> Delivery {
+        let result = self.attempt(message, lease_until, shutdown).await;
+        let now = self.clock.now();
+        let outcome = match result {
+            None => return Delivery::Skipped,
+            Some(Ok(delivered)) => Outcome::Sent {
+                gateway_ref: delivered.gateway_ref,
+            },
+            Some(Err(SendError::Permanent { reason })) => {
+                tracing::warn!(message_id = %message.id, channel = channel_label(message.channel), reason, "notification refused for good");
+                Outcome::Failed { error: reason }
+            }
+            Some(Err(SendError::Transient {
+                reason,
+                retry_after,
+            })) => {
+                if message.attempts >= self.config.max_attempts {
+                    tracing::warn!(message_id = %message.id, attempts = message.attempts, reason, "notification dead-lettered");
+                    Outcome::Dead { error: reason }
+                } else {
+                    let wait = backoff(&self.config, message.attempts, retry_after);
+                    Outcome::Retry {
+                        at: now + wait,
+                        error: reason,
+                    }
+                }
+            }
+        };
+        Delivery::Done(outcome)
+    }
+
+    /// `None` when the send did not begin: the dispatcher is stopping, or the rate limit held
+    /// the message so long that its lease could lapse mid-send (another replica might take it).
+    async fn attempt(
+        &self,
+        message: &OutboxMessage,
+        lease_until: Timestamp,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Delivered, SendError>> {
+        let Ok(recipient) = self.keys.open(&message.recipient) else {
+            return Some(Err(SendError::permanent(
+                "recipient cannot be opened with this key",
+            )));
+        };
+        let rendered = match self.renderer.render(message).await {
+            Ok(r) => r,
+            Err(e) if e.is_transient() => return Some(Err(SendError::transient(e.to_string()))),
+            Err(e) => return Some(Err(SendError::permanent(e.to_string()))),
+        };
+        let limiter = match message.channel {
+            MessageChannel::Email => self.email_limit.as_ref(),
+            MessageChannel::Sms => self.sms_limit.as_ref(),
+        };
+        if let Some(limiter) = limiter {
+            tokio::select! {
+                _ = limiter.until_ready() => {}
+                () = shutdown.cancelled() => return None,
+            }
+        }
+        let half_lease = self.config.lease() / 2;
+        if shutdown.is_cancelled() || self.clock.now() + half_lease > lease_until {
+            return None;
+        }
+        let started = Instant::now();
+        let send = async {
+            match message.channel {
+                MessageChannel::Email => {
+                    self.email
+                        .send(&self.from, message.id, &recipient, &rendered)
+                        .await
+                }
+                MessageChannel::Sms => {
+                    let (text, kind) = euckr::fit(&rendered.sms);
+                    self.sms
+                        .send(&SmsMessage {
+                            message_id: message.id,
+                            to: &recipient,
+                            from: &self.sms_sender,
+                            text: &text,
+                            kind,
+                        })
+                        .await
+                }
+            }
+        };
+        // The outcome must be recorded while the lease holds, or another replica may take the
+        // message and send it again: waiting for a free connection counts against the lease.
+        let budget = (lease_until - self.config.lease() / 4 - self.clock.now())
+            .to_std()
+            .unwrap_or_default();
+        let result = tokio::time::timeout(budget, send)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SendError::transient(
+                    "the send did not finish within the lease",
+                ))
+            });
+        metrics::histogram!(
+            names::NOTIFICATION_SEND_DURATION,
+            "channel" => channel_label(message.channel)
+        )
+        .record(started.elapsed().as_secs_f64());
+        Some(result)
+    }
+
+    /// Refresh the pending-message gauges from the store, which sees every replica's work.
+    async fn report_pending(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.stats_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            match self.store.pending_stats().await {
+                Ok(stats) => publish_pending(&stats, self.clock.now()),
+                Err(e) => tracing::warn!(error = %e, "could not read outbox statistics"),
+            }
+        }
+    }
+}
+
+fn publish_pending(stats: &[crate::store::PendingStat], now: Timestamp) {
+    use strum::IntoEnumIterator as _;
+    for channel in MessageChannel::iter() {
+        let stat = stats.iter().find(|s| s.channel == channel);
+        let count = stat.map_or(0, |s| s.count);
+        let oldest = stat.and_then(|s| s.oldest_created_at).map_or(0.0, |at| {
+            (now - at).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        let label = channel_label(channel);
+        metrics::gauge!(names::OUTBOX_PENDING, "channel" => label).set(count as f64);
+        metrics::gauge!(names::OUTBOX_OLDEST_PENDING, "channel" => label).set(oldest);
+    }
+}
+
+fn channel_label(channel: MessageChannel) -> &'static str {
+    match channel {
+        MessageChannel::Email => "email",
+        MessageChannel::Sms => "sms",
+    }
+}
+
+/// Wait before attempt `attempts + 1`: `base * 2^(attempts-1)` capped at the maximum, between
+/// half and all of it at random (so retries of a burst spread out), and never less than the
+/// gateway's `Retry-After`.
+pub fn backoff(
+    config: &DispatcherConfig,
+    attempts: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(32);
+    let full = config
+        .backoff_base_ms
+        .saturating_mul(1_u64 << exponent)
+        .min(config.backoff_max_ms);
+    let jittered = Duration::from_millis(full).mul_f64(rand::random_range(0.5..=1.0));
+    match retry_after {
+        Some(asked) => jittered.max(asked.min(RETRY_AFTER_MAX)),
+        None => jittered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> DispatcherConfig {
+        DispatcherConfig {
+            enabled: true,
+            batch_size: 10,
+            concurrency: 4,
+            lease_secs: 60,
+            max_attempts: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 10_000,
+            poll_interval_ms: 100,
+            stats_interval_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let c = config();
+        for (attempts, full) in [
+            (1, 1_000),
+            (2, 2_000),
+            (3, 4_000),
+            (4, 8_000),
+            (5, 10_000),
+            (40, 10_000),
+        ] {
+            for _ in 0..50 {
+                let wait = backoff(&c, attempts, None).as_millis() as u64;
+                assert!(
+                    (full / 2..=full).contains(&wait),
+                    "attempt {attempts}: {wait} ms"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_when_longer() {
+        let c = config();
+        let wait = backoff(&c, 1, Some(Duration::from_secs(30)));
+        assert_eq!(wait, Duration::from_secs(30));
+        let wait = backoff(&c, 4, Some(Duration::from_millis(1)));
+        assert!(wait >= Duration::from_millis(4_000));
+        let wait = backoff(&c, 1, Some(Duration::from_secs(10 * 24 * 3600)));
+        assert_eq!(wait, RETRY_AFTER_MAX);
+    }
+}
