@@ -14,6 +14,7 @@ mod browser;
 mod cli;
 mod incidents;
 mod intake;
+mod journeys;
 mod notify;
 mod ops;
 mod rate_limits;

@@ -3,7 +3,7 @@
 //! lapsed leases, two dispatchers sharing one PostgreSQL, SMS/LMS by EUC-KR length, delivery
 //! reports, and the file spools of the embedded default.
 
-mod fakes;
+pub(crate) mod fakes;
 
 use std::sync::Arc;
 use std::time::Duration;
