@@ -28,11 +28,24 @@ use crate::app::AppState;
         crate::notify::api::dead_letters,
         crate::notify::api::requeue,
         crate::notify::api::delivery_report,
+        crate::incident::api::status,
+        crate::incident::api::list,
+        crate::incident::api::detail,
+        crate::incident::api::declare,
+        crate::incident::api::post_update,
+        crate::incident::api::confirm,
+        crate::incident::api::dismiss,
+        crate::incident::api::set_mode,
+        crate::subscribe::subscribe,
+        crate::subscribe::confirm,
+        crate::subscribe::delivery,
     ),
     tags(
         (name = "intake", description = "Harm reports from the public"),
         (name = "ops", description = "Health, readiness and metrics"),
         (name = "notify", description = "Outbox dead letters and SMS delivery reports"),
+        (name = "incidents", description = "Status, incidents and commander commands"),
+        (name = "subscriptions", description = "Outage-notice subscriptions and fan-out progress"),
     )
 )]
 pub struct ApiDoc;

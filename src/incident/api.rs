@@ -21,6 +21,7 @@ use super::views::IncidentView;
 use super::{Declaration, IncidentDetail, SurgeDetails};
 use crate::app::AppState;
 use crate::http::ApiError;
+use crate::http::error::ErrorBody;
 use crate::http::json::{self, JsonBody};
 use crate::store::Timestamp;
 
@@ -51,7 +52,16 @@ pub fn router() -> Router<AppState> {
 // ---- public reads ------------------------------------------------------------------------
 
 /// `{"mode": …, "incidents": [open incidents with their latest update]}`.
-async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/status",
+    tag = "incidents",
+    description = "The service mode and every open incident with its latest update; cache-fronted.",
+    responses(
+        (status = 200, description = "`{\"mode\": \"normal|incident\", \"incidents\": [...]}`"),
+    )
+)]
+pub(crate) async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let open = state.incidents.open_incidents().await?;
     let mode = state.mode.current();
     // The incidents are rendered once per cache load; only the mode is spliced in per request.
@@ -75,7 +85,18 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// `?state=open|resolved|dismissed|all` (default `all`), most recently started first.
-async fn list(
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents",
+    tag = "incidents",
+    description = "Incidents, most recently started first; cache-fronted.",
+    params(("state" = Option<String>, Query, description = "open, resolved, dismissed or all (default)")),
+    responses(
+        (status = 200, description = "`{\"state\", \"incidents\": [...]}`"),
+        (status = 422, description = "An unknown `state` or query parameter", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -109,7 +130,18 @@ async fn list(
 }
 
 /// One incident with its updates and linked-report count; staff also see the notice clock.
-async fn detail(
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{id}",
+    tag = "incidents",
+    description = "One incident with its updates and the count of linked reports; with a valid bearer token also the statutory notice clock and staff fields.",
+    params(("id" = String, Path, description = "The incident id")),
+    responses(
+        (status = 200, description = "The incident"),
+        (status = 404, description = "No such incident", body = ErrorBody),
+    )
+)]
+pub(crate) async fn detail(
     viewer: Viewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -197,7 +229,21 @@ struct ModeBody {
 }
 
 /// `POST /api/v1/incidents` → 201 with the incident; the service enters incident mode.
-async fn declare(
+#[utoipa::path(
+    post,
+    path = "/api/v1/incidents",
+    tag = "incidents",
+    description = "Declare an incident (commander). Enters incident mode.",
+    request_body(content = Object, content_type = "application/json", description = "`{\"title\": {\"ko\", \"en\"?}, \"provider\", \"services\": [..], \"started_at\": RFC 3339, \"severity\": \"minor|major|critical\", \"message\": {\"ko\", \"en\"?}}`"),
+    responses(
+        (status = 201, description = "The incident, `state: open`"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid fields, by JSON path", body = ErrorBody),
+    )
+)]
+pub(crate) async fn declare(
     by: Commander,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<DeclareBody>,
@@ -213,7 +259,21 @@ async fn declare(
 }
 
 /// `POST /api/v1/incidents/{id}/updates` → 201 with the incident; `resolved` closes it.
-async fn post_update(
+#[utoipa::path(
+    post,
+    path = "/api/v1/incidents/{id}/updates",
+    tag = "incidents",
+    description = "Post a lifecycle update (commander); `resolved` closes the incident. Fans out to subscribers and linked reporters.",
+    params(("id" = String, Path, description = "The incident id")),
+    request_body(content = Object, content_type = "application/json", description = "`{\"status\": \"investigating|identified|monitoring|resolved\", \"message\": {\"ko\", \"en\"?}}`"),
+    responses(
+        (status = 201, description = "The update"),
+        (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 404, description = "No such incident", body = ErrorBody),
+        (status = 422, description = "Invalid fields, or the incident is closed (`incident_closed`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn post_update(
     by: Commander,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -250,7 +310,21 @@ async fn post_update(
 }
 
 /// `POST /api/v1/incidents/{id}/confirm` (body optional) → 200 with the incident.
-async fn confirm(
+#[utoipa::path(
+    post,
+    path = "/api/v1/incidents/{id}/confirm",
+    tag = "incidents",
+    description = "Confirm an unconfirmed surge incident (commander), optionally completing its details.",
+    params(("id" = String, Path, description = "The incident id")),
+    request_body(content = Object, content_type = "application/json", description = "Optional details: title, provider, services, severity, message"),
+    responses(
+        (status = 200, description = "The incident"),
+        (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 404, description = "No such incident", body = ErrorBody),
+        (status = 422, description = "Invalid fields, or not an unconfirmed surge", body = ErrorBody),
+    )
+)]
+pub(crate) async fn confirm(
     by: Commander,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -274,7 +348,21 @@ async fn confirm(
 }
 
 /// `POST /api/v1/incidents/{id}/dismiss` (body optional) → 200 with the incident.
-async fn dismiss(
+#[utoipa::path(
+    post,
+    path = "/api/v1/incidents/{id}/dismiss",
+    tag = "incidents",
+    description = "Dismiss an unconfirmed surge incident as not an incident (commander).",
+    params(("id" = String, Path, description = "The incident id")),
+    request_body(content = Object, content_type = "application/json", description = "Optional `{\"message\": {\"ko\", \"en\"?}}`"),
+    responses(
+        (status = 200, description = "The incident, `state: dismissed`"),
+        (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 404, description = "No such incident", body = ErrorBody),
+        (status = 422, description = "Not an unconfirmed surge", body = ErrorBody),
+    )
+)]
+pub(crate) async fn dismiss(
     by: Commander,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -291,7 +379,19 @@ async fn dismiss(
 
 /// `PUT /api/v1/mode` `{"mode": "normal|incident|auto"}` → 200
 /// `{"mode", "override", "automatic"}`.
-async fn set_mode(
+#[utoipa::path(
+    put,
+    path = "/api/v1/mode",
+    tag = "incidents",
+    description = "Force the service mode, or give it back to incidents and surge detection (`auto`).",
+    request_body(content = Object, content_type = "application/json", description = "`{\"mode\": \"normal|incident|auto\"}`"),
+    responses(
+        (status = 200, description = "The mode state"),
+        (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 422, description = "Unknown mode", body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_mode(
     by: Commander,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<ModeBody>,

@@ -41,6 +41,7 @@ use crate::app::AppState;
 use crate::crypto::Keys;
 use crate::http::ApiError;
 use crate::http::client_ip::Client;
+use crate::http::error::ErrorBody;
 use crate::http::json::{self, JsonBody};
 use crate::incident::Commander;
 use crate::incident::model::{IncidentState, StateFilter};
@@ -103,7 +104,21 @@ pub fn unsubscribe_url(base: &str, keys: &Keys, id: Uuid) -> String {
 
 // ---- subscribe ---------------------------------------------------------------------------------
 
-async fn subscribe(
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscriptions",
+    tag = "subscriptions",
+    description = "Subscribe to outage notices of one open incident or of a provider; a confirmation (link by e-mail, code by SMS) is sent and nothing else until it is confirmed. The answer is the same whether or not the contact was known.",
+    request_body(content = Object, content_type = "application/json", description = "`{\"email\"|\"phone\", \"incident_id\"|\"provider\", \"lang\": \"ko|en\"}`"),
+    responses(
+        (status = 202, description = "`{\"status\": \"pending\", \"id\"}`"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid fields, by JSON path", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address, or confirmations to this contact today", body = ErrorBody),
+    )
+)]
+pub(crate) async fn subscribe(
     State(state): State<AppState>,
     Client(client): Client,
     request: Request,
@@ -247,7 +262,19 @@ async fn resolve_target(
 
 // ---- confirm -----------------------------------------------------------------------------------
 
-async fn confirm(
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscriptions/confirm",
+    tag = "subscriptions",
+    description = "Confirm a subscription with the SMS code or the e-mail link's token.",
+    request_body(content = Object, content_type = "application/json", description = "`{\"id\", \"code\"}` or `{\"id\", \"token\"}`"),
+    responses(
+        (status = 200, description = "`{\"status\": \"confirmed\", \"id\"}`"),
+        (status = 404, description = "No such pending subscription", body = ErrorBody),
+        (status = 422, description = "Invalid fields or a wrong code (`invalid_code`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn confirm(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<ConfirmBody>,
 ) -> Result<Response, ApiError> {
@@ -361,7 +388,19 @@ async fn unsubscribe(
 // ---- delivery progress -------------------------------------------------------------------------
 
 /// `{"fanout", "enqueued", "queued", "sending", "sent", "failed", "dead"}` for one update.
-async fn delivery(
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{id}/updates/{update_id}/delivery",
+    tag = "subscriptions",
+    description = "Fan-out and delivery progress of one incident update (staff).",
+    params(("id" = String, Path, description = "The incident id"), ("update_id" = String, Path, description = "The update id")),
+    responses(
+        (status = 200, description = "`{\"fanout\": \"pending|running|done\", \"enqueued\", \"queued\", \"sending\", \"sent\", \"failed\", \"dead\"}`"),
+        (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 404, description = "No such update", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delivery(
     _by: Commander,
     State(state): State<AppState>,
     Path((id, update_id)): Path<(String, String)>,

@@ -646,8 +646,36 @@ async fn the_openapi_document_describes_the_routes(backend: Backend) {
         "/api/v1/reports/lookup",
         "/healthz",
         "/readyz",
+        "/api/v1/status",
+        "/api/v1/incidents",
+        "/api/v1/incidents/{id}",
+        "/api/v1/incidents/{id}/updates",
+        "/api/v1/incidents/{id}/confirm",
+        "/api/v1/incidents/{id}/dismiss",
+        "/api/v1/incidents/{id}/updates/{update_id}/delivery",
+        "/api/v1/mode",
+        "/api/v1/subscriptions",
+        "/api/v1/subscriptions/confirm",
+        "/api/v1/outbox/dead",
+        "/api/v1/notifications/sms/delivery",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    // Every JSON route the router serves is in the document, with its methods.
+    for (path, method) in [
+        ("/api/v1/incidents", "get"),
+        ("/api/v1/incidents", "post"),
+        ("/api/v1/mode", "put"),
+        ("/api/v1/subscriptions", "post"),
+    ] {
+        assert!(
+            doc["paths"][path].get(method).is_some(),
+            "{method} {path} documented"
+        );
+    }
+    let subscribe = &doc["paths"]["/api/v1/subscriptions"]["post"]["responses"];
+    for status in ["202", "422", "429"] {
+        assert!(subscribe.get(status).is_some(), "{status} documented");
     }
     let submit = &doc["paths"]["/api/v1/reports"]["post"]["responses"];
     for status in ["201", "400", "413", "415", "422", "429", "503"] {
