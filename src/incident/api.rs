@@ -190,7 +190,7 @@ struct TextBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeclareBody {
+pub(crate) struct DeclareBody {
     title: Option<TextBody>,
     provider: Option<String>,
     services: Option<Vec<String>>,
@@ -201,14 +201,14 @@ struct DeclareBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpdateBody {
+pub(crate) struct UpdateBody {
     status: Option<String>,
     message: Option<TextBody>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfirmBody {
+pub(crate) struct ConfirmBody {
     title: Option<TextBody>,
     provider: Option<String>,
     services: Option<Vec<String>>,
@@ -218,13 +218,13 @@ struct ConfirmBody {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DismissBody {
+pub(crate) struct DismissBody {
     message: Option<TextBody>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ModeBody {
+pub(crate) struct ModeBody {
     mode: Option<String>,
 }
 
