@@ -511,6 +511,7 @@ pub async fn fanout(common: &Common, opts: &FanoutOpts) -> anyhow::Result<bool> 
 
     // The measured run: post the update, watch it go out.
     let svc = service::start_service_with(&ws.spec, None, "service-fanout.log", &env).await?;
+    let posted: Counts = get_json(sinks.http, "/counts", None).await?;
     let started = Instant::now();
     let update = post_update(&svc, &ws.spec.admin_token, &incident).await?;
     let progress_path = format!("/api/v1/incidents/{incident}/updates/{update}/delivery");
@@ -554,6 +555,10 @@ pub async fn fanout(common: &Common, opts: &FanoutOpts) -> anyhow::Result<bool> 
     let email_rate = sink_rate(&email);
     let sms_rate = sink_rate(&sms);
     let total_rate = run.all_sent_secs.map(|s| n as f64 / s);
+    // On the sinks' clock: from the post to the first and to the last message received.
+    let first_ms = email.service_first_ms.min(sms.service_first_ms);
+    let last_ms = email.service_last_ms.max(sms.service_last_ms);
+    let since_post = |ms: Option<u64>| ms.map(|m| m.saturating_sub(posted.now_ms) as f64 / 1000.0);
     let base_total = {
         // Both channels one after the other, as messages/s over the combined time.
         let secs = email_sample as f64 / base_email + sms_sample as f64 / base_sms;
@@ -586,7 +591,18 @@ pub async fn fanout(common: &Common, opts: &FanoutOpts) -> anyhow::Result<bool> 
             },
         ),
         ("rows enqueued", d.enqueued.to_string()),
-        ("post → all sent", opt(run.all_sent_secs, "s")),
+        (
+            "post → first / last message at a sink",
+            format!(
+                "{} / {}",
+                opt(since_post(first_ms), "s"),
+                opt(since_post(last_ms), "s")
+            ),
+        ),
+        (
+            "post → all sent (outbox and sinks, polled)",
+            opt(run.all_sent_secs, "s"),
+        ),
         (
             "dispatched/s, total",
             format!(
@@ -604,7 +620,7 @@ pub async fn fanout(common: &Common, opts: &FanoutOpts) -> anyhow::Result<bool> 
             ratio_line(email_rate, base_email),
         ),
         (
-            "SMS/s at the gateway",
+            "SMS/s at the gateway, first to last",
             format!("{}  (baseline {base_sms:.0}/s)", opt(sms_rate, "/s")),
         ),
         ("ratio SMS service/baseline", ratio_line(sms_rate, base_sms)),

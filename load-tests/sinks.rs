@@ -42,6 +42,8 @@ pub struct ChannelCount {
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
+    /// Milliseconds since the sinks started, when these counts were taken.
+    pub now_ms: u64,
     pub email: ChannelCount,
     pub sms: ChannelCount,
 }
@@ -84,6 +86,7 @@ impl Sinks {
     fn counts(&self) -> Counts {
         let of = |m: &Mutex<Tally>| m.lock().unwrap_or_else(PoisonError::into_inner).count;
         Counts {
+            now_ms: self.started.elapsed().as_millis() as u64,
             email: of(&self.email),
             sms: of(&self.sms),
         }
