@@ -1,4 +1,5 @@
-//! Reliefline benchmarks: `load-tests/run.sh [surge|status|all] [--postgres] [--duration SECS]`.
+//! Reliefline benchmarks:
+//! `load-tests/run.sh [surge|status|fanout|all] [--postgres] [--duration SECS] [--subscribers N]`.
 //!
 //! Each scenario starts the release service on a fresh database and free loopback ports, drives
 //! it, stops it with SIGTERM, checks that every acknowledged report is in the store, and prints
@@ -10,9 +11,11 @@
 
 mod baseline;
 mod client;
+mod fanout;
 mod lost;
 mod reports;
 mod service;
+mod sinks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,17 +44,34 @@ enum Command {
     Surge(Common),
     /// Status page: many readers while reports come in; cache hits and store queries.
     Status(StatusArgs),
+    /// Fan-out of one incident update to many subscribers by e-mail and SMS.
+    Fanout(fanout::FanoutArgs),
     /// Every scenario, sharing one baseline measurement.
-    All(StatusArgs),
+    All(AllArgs),
     /// Serve the baseline handler (started by the scenarios in a process of its own).
     Baseline {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Serve the SMTP sink and the fake SMS gateway (started by `fanout` in a process of its own).
+    Sinks {
+        #[arg(long)]
+        smtp: SocketAddr,
+        #[arg(long)]
+        sms: SocketAddr,
+    },
 }
 
 #[derive(Args, Clone)]
-struct Common {
+struct AllArgs {
+    #[command(flatten)]
+    status: StatusArgs,
+    #[command(flatten)]
+    fanout: fanout::FanoutOpts,
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
     /// The service binary (built by run.sh with `cargo build --release`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/reliefline"))]
     service_bin: PathBuf,
@@ -114,7 +134,10 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("FAILED: acknowledged reports are missing from the store (see above)");
+            eprintln!(
+                "FAILED: acknowledged reports are missing from the store, or notifications \
+                 were lost (see above)"
+            );
             std::process::ExitCode::FAILURE
         }
         Err(e) => {
@@ -124,10 +147,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Runs a command; `Ok(false)` when an acknowledged report was lost.
+/// Runs a command; `Ok(false)` when an acknowledged report or a notification was lost.
 async fn dispatch(command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Baseline { listen } => baseline::serve(listen).await.map(|()| true),
+        Command::Sinks { smtp, sms } => sinks::serve(smtp, sms).await.map(|()| true),
+        Command::Fanout(args) => {
+            machine_banner(&args.common);
+            fanout::fanout(&args.common, &args.opts).await
+        }
         Command::Surge(common) => {
             machine_banner(&common);
             let base = measure_baseline(&common).await?;
@@ -138,12 +166,16 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             let base = measure_baseline(&args.common).await?;
             status(&args, &base).await
         }
-        Command::All(args) => {
+        Command::All(AllArgs {
+            status: args,
+            fanout,
+        }) => {
             machine_banner(&args.common);
             let base = measure_baseline(&args.common).await?;
             let surge_ok = surge(&args.common, &base).await?;
             let status_ok = status(&args, &base).await?;
-            Ok(surge_ok && status_ok)
+            let fanout_ok = fanout::fanout(&args.common, &fanout).await?;
+            Ok(surge_ok && status_ok && fanout_ok)
         }
     }
 }

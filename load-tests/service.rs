@@ -58,6 +58,16 @@ pub async fn start_service(
     admission: Option<(f64, u64)>,
     log_name: &str,
 ) -> anyhow::Result<Running> {
+    start_service_with(spec, admission, log_name, &[]).await
+}
+
+/// [`start_service`] with more configuration by environment (`RELIEFLINE_…` pairs).
+pub async fn start_service_with(
+    spec: &ServiceSpec,
+    admission: Option<(f64, u64)>,
+    log_name: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<Running> {
     let http = free_addr()?;
     let metrics = free_addr()?;
     let mut cmd = Command::new(&spec.bin);
@@ -88,6 +98,7 @@ pub async fn start_service(
             burst.to_string(),
         );
     }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let running = spawn(cmd, &spec.work_dir, log_name, http, Some(metrics)).await?;
     running.wait_ready("/readyz").await?;
     Ok(running)
@@ -99,6 +110,20 @@ pub async fn start_baseline(work_dir: &Path) -> anyhow::Result<Running> {
     let mut cmd = Command::new(std::env::current_exe().context("own executable")?);
     cmd.arg("baseline").arg("--listen").arg(http.to_string());
     let running = spawn(cmd, work_dir, "baseline.log", http, None).await?;
+    running.wait_ready("/healthz").await?;
+    Ok(running)
+}
+
+/// The SMTP sink and fake SMS gateway (`sinks` command); `http` is the gateway's address.
+pub async fn start_sinks(work_dir: &Path, smtp: SocketAddr) -> anyhow::Result<Running> {
+    let http = free_addr()?;
+    let mut cmd = Command::new(std::env::current_exe().context("own executable")?);
+    cmd.arg("sinks")
+        .arg("--smtp")
+        .arg(smtp.to_string())
+        .arg("--sms")
+        .arg(http.to_string());
+    let running = spawn(cmd, work_dir, "sinks.log", http, None).await?;
     running.wait_ready("/healthz").await?;
     Ok(running)
 }
