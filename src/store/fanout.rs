@@ -21,7 +21,7 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{StoreResult, Timestamp};
+use super::{OutboxProgress, StoreResult, Timestamp};
 
 #[async_trait]
 pub trait FanoutStore {
@@ -62,11 +62,7 @@ pub enum FanoutState {
 pub struct FanoutProgress {
     pub state: FanoutState,
     pub enqueued: u64,
-    pub pending: u64,
-    pub sending: u64,
-    pub sent: u64,
-    pub failed: u64,
-    pub dead: u64,
+    pub messages: OutboxProgress,
 }
 
 /// Statements both backends run as written.
@@ -99,9 +95,6 @@ pub(super) mod sql {
 
     pub const FIND: &str =
         "SELECT state, enqueued FROM fanouts WHERE update_id = $1 AND incident_id = $2";
-
-    pub const COUNT_BY_STATE: &str =
-        "SELECT state, count(*) FROM outbox WHERE source_id = $1 GROUP BY state";
 
     /// The condition a subscription meets to receive the update, on alias `$a`.
     macro_rules! in_scope {
@@ -204,35 +197,6 @@ pub(super) struct JobRow {
     pub report_cursor: Option<Uuid>,
 }
 
-/// Counts by outbox state into a progress record.
-pub(super) fn progress(
-    state: &str,
-    enqueued: i64,
-    counts: Vec<(String, i64)>,
-) -> StoreResult<FanoutProgress> {
-    let mut p = FanoutProgress {
-        state: super::parse_stored(state, "fanouts.state")?,
-        enqueued: u64::try_from(enqueued).unwrap_or_default(),
-        pending: 0,
-        sending: 0,
-        sent: 0,
-        failed: 0,
-        dead: 0,
-    };
-    for (state, n) in counts {
-        let n = u64::try_from(n).unwrap_or_default();
-        match state.as_str() {
-            "pending" => p.pending = n,
-            "sending" => p.sending = n,
-            "sent" => p.sent = n,
-            "failed" => p.failed = n,
-            "dead" => p.dead = n,
-            _ => {}
-        }
-    }
-    Ok(p)
-}
-
 /// The implementation of [`FanoutStore`] for a store type whose pools are `$read` and
 /// `$write`, with the backend's statements in module `$sql` (`CLAIM`, `EXPAND_SUBSCRIPTIONS`,
 /// `EXPAND_REPORTS`).
@@ -328,7 +292,7 @@ macro_rules! impl_fanout_store {
                 incident_id: uuid::Uuid,
                 update_id: uuid::Uuid,
             ) -> $crate::store::StoreResult<Option<$crate::store::FanoutProgress>> {
-                use $crate::store::fanout::{progress, sql};
+                use $crate::store::fanout::sql;
                 let Some((state, enqueued)): Option<(String, i64)> = sqlx::query_as(sql::FIND)
                     .bind(update_id)
                     .bind(incident_id)
@@ -338,12 +302,11 @@ macro_rules! impl_fanout_store {
                 else {
                     return Ok(None);
                 };
-                let counts: Vec<(String, i64)> = sqlx::query_as(sql::COUNT_BY_STATE)
-                    .bind(update_id)
-                    .fetch_all(&self.$read)
-                    .await
-                    .map_err(Self::error)?;
-                progress(&state, enqueued, counts).map(Some)
+                Ok(Some($crate::store::FanoutProgress {
+                    state: $crate::store::parse_stored(&state, "fanouts.state")?,
+                    enqueued: u64::try_from(enqueued).unwrap_or_default(),
+                    messages: $crate::store::OutboxStore::outbox_progress(self, update_id).await?,
+                }))
             }
         }
     };

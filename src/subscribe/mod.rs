@@ -420,11 +420,11 @@ pub(crate) async fn delivery(
             "update_id": update_id,
             "fanout": progress.state.as_ref(),
             "enqueued": progress.enqueued,
-            "queued": progress.pending,
-            "sending": progress.sending,
-            "sent": progress.sent,
-            "failed": progress.failed,
-            "dead": progress.dead,
+            "queued": progress.messages.pending,
+            "sending": progress.messages.sending,
+            "sent": progress.messages.sent,
+            "failed": progress.messages.failed,
+            "dead": progress.messages.dead,
         })),
     )
         .into_response())

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, TestDb};
 use crate::notify::fakes::{eventually, read_lines};
+use crate::notify::{decoded_text, header_value};
 use crate::on_both_backends;
 
 const TOKEN: &str = "journey-commander-token-0123456789";
@@ -63,14 +64,11 @@ impl Journey {
             .iter()
             .filter_map(|path| {
                 let raw = std::fs::read_to_string(path).ok()?;
-                let message = mail_parser::MessageParser::default().parse(raw.as_bytes())?;
-                let addressed = message
-                    .to()
-                    .and_then(|list| list.first())
-                    .and_then(|a| a.address())
-                    .is_some_and(|a| a == to);
-                let text = message.body_text(0)?.into_owned();
-                addressed.then(|| (raw.clone(), text))
+                let addressed = header_value(&raw, "To").is_some_and(|value| value.contains(to));
+                addressed.then(|| {
+                    let text = decoded_text(&raw);
+                    (raw, text)
+                })
             })
             .collect()
     }
@@ -107,13 +105,6 @@ fn link_path(text: &str, needle: &str) -> String {
         .unwrap_or_else(|| panic!("no link with {needle} in {text}"));
     let after_scheme = &url[url.find("://").expect("absolute link") + 3..];
     after_scheme[after_scheme.find('/').expect("a path")..].to_owned()
-}
-
-fn header<'a>(eml: &'a str, name: &str) -> Option<&'a str> {
-    eml.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.eq_ignore_ascii_case(name).then(|| value.trim())
-    })
 }
 
 async fn a_subscriber_follows_an_incident_from_confirmation_to_unsubscribe(backend: Backend) {
@@ -228,9 +219,9 @@ async fn a_subscriber_follows_an_incident_from_confirmation_to_unsubscribe(backe
         .find(|(_, text)| text.contains("power equipment"))
         .expect("the English notice");
     assert!(notice_text.contains("/status"), "{notice_text}");
-    let unsubscribe = header(&notice_eml, "List-Unsubscribe").expect("List-Unsubscribe");
+    let unsubscribe = header_value(&notice_eml, "List-Unsubscribe").expect("List-Unsubscribe");
     assert_eq!(
-        header(&notice_eml, "List-Unsubscribe-Post"),
+        header_value(&notice_eml, "List-Unsubscribe-Post"),
         Some("List-Unsubscribe=One-Click")
     );
 

@@ -139,7 +139,7 @@ async fn round_with_work(dispatcher: &Dispatcher) -> Round {
     }
 }
 
-fn header_value<'a>(eml: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header_value<'a>(eml: &'a str, name: &str) -> Option<&'a str> {
     eml.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
         key.eq_ignore_ascii_case(name).then(|| value.trim())
@@ -1114,7 +1114,7 @@ async fn an_incident_update_goes_out_as_the_statutory_notice(backend: Backend) {
 }
 
 /// The text part of a message, its transfer encoding undone.
-fn decoded_text(eml: &str) -> String {
+pub(crate) fn decoded_text(eml: &str) -> String {
     let message = mail_parser::MessageParser::default()
         .parse(eml.as_bytes())
         .expect("a parsable message");
