@@ -254,29 +254,20 @@ pub async fn home(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let req = PageRequest::new(query.as_deref(), &headers);
-    let lang = req.lang;
-    let result = async {
-        let open = state.incidents.open_incidents().await?;
-        let key = (identity(&open), 0);
-        let records = Arc::clone(&open);
-        state
-            .web
-            .pages
-            .get(PageCacheName::Home, lang, key, open, move |_| {
-                HomePage {
-                    chrome: Chrome::new(lang, lang.text().home_title, "/"),
-                    incidents: &cards(&records.records, lang),
-                }
-                .render()
-            })
-            .await
-    }
-    .await;
-    match result {
-        Ok(page) => req.html(page.fill("", ""), Caching::Public).into_response(),
-        Err(e) => error_page(lang, &e),
-    }
+    open_incidents_page(
+        &state,
+        query.as_deref(),
+        &headers,
+        PageCacheName::Home,
+        |lang, incidents| {
+            HomePage {
+                chrome: Chrome::new(lang, lang.text().home_title, "/"),
+                incidents,
+            }
+            .render()
+        },
+    )
+    .await
 }
 
 pub async fn status(
@@ -284,7 +275,31 @@ pub async fn status(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let req = PageRequest::new(query.as_deref(), &headers);
+    open_incidents_page(
+        &state,
+        query.as_deref(),
+        &headers,
+        PageCacheName::Status,
+        |lang, incidents| {
+            StatusPage {
+                chrome: Chrome::new(lang, lang.text().status_title, "/status"),
+                incidents,
+            }
+            .render()
+        },
+    )
+    .await
+}
+
+/// A public page listing the open incidents, rendered once per language and data version.
+async fn open_incidents_page(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    cache: PageCacheName,
+    render: fn(Lang, &[IncidentCard]) -> Result<String, askama::Error>,
+) -> Response {
+    let req = PageRequest::new(query, headers);
     let lang = req.lang;
     let result = async {
         let open = state.incidents.open_incidents().await?;
@@ -293,12 +308,8 @@ pub async fn status(
         state
             .web
             .pages
-            .get(PageCacheName::Status, lang, key, open, move |_| {
-                StatusPage {
-                    chrome: Chrome::new(lang, lang.text().status_title, "/status"),
-                    incidents: &cards(&records.records, lang),
-                }
-                .render()
+            .get(cache, lang, key, open, move |_| {
+                render(lang, &cards(&records.records, lang))
             })
             .await
     }
