@@ -107,6 +107,7 @@ impl App {
                 batch_max: config.intake.batch_max,
                 batch_wait: std::time::Duration::from_millis(config.intake.batch_wait_ms),
                 writers,
+                max_queue_delay: std::time::Duration::from_millis(config.intake.max_queue_delay_ms),
             },
             Some(Arc::new(move |n| surge.record_accepted(n as u64))),
             &background,

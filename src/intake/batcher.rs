@@ -5,6 +5,12 @@
 //! One fsync then acknowledges a whole batch, which is what lifts intake from a few thousand
 //! reports/s (one transaction each) to tens of thousands. When a batch fails, its reports are
 //! retried one by one so a single bad row cannot sink the others.
+//!
+//! The queue is bounded twice: by count (`queue_capacity`) and by the time a new report would
+//! wait in it. The collector measures how fast the store commits; a report that would find more
+//! ahead of it than the store commits in `max_queue_delay` is refused at once (`503` with
+//! `Retry-After`) rather than queued, so under overload the reports that are taken are still
+//! answered quickly and the rest are told to come back at once, not after a long wait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +71,8 @@ pub struct BatcherOptions {
     pub batch_wait: Duration,
     /// Batches committed concurrently: 1 on SQLite, a few on PostgreSQL.
     pub writers: usize,
+    /// The longest a new report should wait in the queue for its commit; beyond it, refuse.
+    pub max_queue_delay: Duration,
 }
 
 /// The handlers' side of the group-commit queue. Cheap to clone.
@@ -72,6 +80,60 @@ pub struct BatcherOptions {
 pub struct Batcher {
     queue: mpsc::Sender<Job>,
     batch_wait_us: Arc<AtomicU64>,
+    pace: Arc<Pace>,
+}
+
+/// How many reports the store commits per second, learnt from the commits themselves, and so
+/// how deep the queue may grow before a newcomer would wait longer than allowed.
+#[derive(Debug)]
+pub struct Pace {
+    /// Reports per second of commit time (smoothed), times the parallel writers; 0 = unknown.
+    rate_milli: AtomicU64,
+    writers: u64,
+    max_delay: Duration,
+}
+
+impl Pace {
+    /// Below this depth nothing is refused for delay: a batch's worth always fits, and an
+    /// estimate from a few tiny commits must not turn the first burst away.
+    pub const MIN_DEPTH: usize = 256;
+
+    pub fn new(writers: usize, max_delay: Duration) -> Self {
+        Self {
+            rate_milli: AtomicU64::new(0),
+            writers: writers.max(1) as u64,
+            max_delay,
+        }
+    }
+
+    /// A commit of `rows` reports took `took`.
+    pub fn observe(&self, rows: usize, took: Duration) {
+        let secs = took.as_secs_f64().max(1e-6);
+        let sample = rows as f64 / secs * 1000.0;
+        let old = self.rate_milli.load(Ordering::Relaxed) as f64;
+        // A quarter of each new sample: follows a changing store within a few commits, while
+        // one odd commit moves the estimate little.
+        let new = if old == 0.0 {
+            sample
+        } else {
+            old + (sample - old) / 4.0
+        };
+        self.rate_milli.store(new as u64, Ordering::Relaxed);
+    }
+
+    /// Reports per second the writers commit together (0 until a commit was seen).
+    pub fn rate(&self) -> f64 {
+        self.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0 * self.writers as f64
+    }
+
+    /// The deepest queue a newcomer may join.
+    pub fn max_depth(&self) -> usize {
+        let rate = self.rate();
+        if rate == 0.0 || self.max_delay.is_zero() {
+            return usize::MAX;
+        }
+        ((rate * self.max_delay.as_secs_f64()) as usize).max(Self::MIN_DEPTH)
+    }
 }
 
 impl Batcher {
@@ -86,7 +148,9 @@ impl Batcher {
     ) -> Self {
         let (queue, receiver) = mpsc::channel(options.queue_capacity);
         let batch_wait_us = Arc::new(AtomicU64::new(micros(options.batch_wait)));
+        let pace = Arc::new(Pace::new(options.writers, options.max_queue_delay));
         let collector = Collector {
+            pace: Arc::clone(&pace),
             store,
             receiver,
             batch_max: options.batch_max,
@@ -99,11 +163,15 @@ impl Batcher {
         Self {
             queue,
             batch_wait_us,
+            pace,
         }
     }
 
     /// Queue a report and wait until it is committed (or refused).
     pub async fn submit(&self, write: ReportWrite) -> Result<Committed, CommitError> {
+        if self.depth() >= self.pace.max_depth() {
+            return Err(CommitError::QueueFull);
+        }
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Job { write, reply })
@@ -137,6 +205,7 @@ fn micros(d: Duration) -> u64 {
 }
 
 struct Collector {
+    pace: Arc<Pace>,
     store: DynStore,
     receiver: mpsc::Receiver<Job>,
     batch_max: usize,
@@ -204,22 +273,25 @@ impl Collector {
             .set((self.receiver.max_capacity() - self.receiver.capacity()) as f64);
         let store = Arc::clone(&self.store);
         let observer = self.observer.clone();
+        let pace = Arc::clone(&self.pace);
         self.tasks.spawn(async move {
-            commit(&store, batch, observer.as_ref()).await;
+            commit(&store, batch, observer.as_ref(), &pace).await;
             drop(permit);
         });
     }
 }
 
-async fn commit(store: &DynStore, batch: Vec<Job>, observer: Option<&CommitObserver>) {
+async fn commit(store: &DynStore, batch: Vec<Job>, observer: Option<&CommitObserver>, pace: &Pace) {
     let size = batch.len();
     metrics::histogram!(names::INTAKE_BATCH_SIZE).record(size as f64);
     let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.write, j.reply)).unzip();
     let started = Instant::now();
     let result = store.insert_reports(&writes).await;
-    metrics::histogram!(names::INTAKE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics::histogram!(names::INTAKE_COMMIT_DURATION).record(took.as_secs_f64());
     match result {
         Ok(()) => {
+            pace.observe(size, took);
             if let Some(observe) = observer {
                 observe(size);
             }
@@ -275,4 +347,45 @@ async fn commit_one(store: &DynStore, mut write: ReportWrite) -> Result<Committe
     Err(CommitError::Store(StoreError::Other(anyhow::anyhow!(
         "receipt collided {RECEIPT_RETRIES} times in a row"
     ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_delay_bound_before_the_first_commit_or_when_off() {
+        assert_eq!(
+            Pace::new(1, Duration::from_millis(50)).max_depth(),
+            usize::MAX
+        );
+        let off = Pace::new(1, Duration::ZERO);
+        off.observe(1_000, Duration::from_millis(100));
+        assert_eq!(off.max_depth(), usize::MAX);
+    }
+
+    #[test]
+    fn depth_follows_the_measured_commit_rate() {
+        let pace = Pace::new(1, Duration::from_millis(50));
+        // 10,000 reports/s: 50 ms is 500 reports.
+        pace.observe(100, Duration::from_millis(10));
+        assert_eq!(pace.max_depth(), 500);
+        // Two parallel writers commit twice as much in the same time.
+        let two = Pace::new(2, Duration::from_millis(50));
+        two.observe(100, Duration::from_millis(10));
+        assert_eq!(two.max_depth(), 1_000);
+    }
+
+    #[test]
+    fn a_slower_store_shrinks_the_queue_gradually_down_to_the_floor() {
+        let pace = Pace::new(1, Duration::from_millis(50));
+        pace.observe(100, Duration::from_millis(10));
+        // One commit at a tenth of the speed moves the estimate a quarter of the way.
+        pace.observe(100, Duration::from_millis(100));
+        assert_eq!(pace.max_depth(), 387);
+        for _ in 0..40 {
+            pace.observe(100, Duration::from_millis(100));
+        }
+        assert_eq!(pace.max_depth(), Pace::MIN_DEPTH);
+    }
 }

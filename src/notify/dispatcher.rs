@@ -1,6 +1,10 @@
 //! The outbox dispatcher: claim due messages with a lease (committed), send each outside any
 //! transaction under a timeout, then record the outcome.
 //!
+//! It runs as a pipeline: per channel, a claimer keeps a bounded queue of leased messages and
+//! up to `concurrency` sends run from it; one recorder commits the outcomes of whatever has
+//! finished in a single set-based statement while the sends go on.
+//!
 //! Transient failures are retried with exponential backoff and jitter (never sooner than a
 //! gateway's `Retry-After`); permanent ones are not; a message out of attempts is dead-lettered
 //! for staff to requeue. Per-channel token buckets keep sends under the gateways' contracted
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use lettre::message::Mailbox;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -29,6 +34,10 @@ use crate::telemetry::names;
 
 /// Most outcomes recorded in one transaction.
 const RECORD_GROUP_MAX: usize = 256;
+
+/// Tries at recording one group of outcomes, and the wait before the first retry (then longer).
+const RECORD_ATTEMPTS: u32 = 5;
+const RECORD_RETRY_WAIT: Duration = Duration::from_millis(200);
 
 /// The longest `Retry-After` honoured; a gateway asking for more is retried after this.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
@@ -98,6 +107,13 @@ enum Delivery {
     Skipped,
 }
 
+/// A claimed message after its delivery attempt, waiting to be recorded.
+struct Finished {
+    id: Uuid,
+    channel: MessageChannel,
+    delivery: Delivery,
+}
+
 impl Dispatcher {
     pub fn new(
         config: &NotifyConfig,
@@ -147,29 +163,54 @@ impl Dispatcher {
         &self.owner
     }
 
-    /// One round: claim what is due, deliver it, record the outcomes.
+    /// One round for tests and tools: claim what is due on each channel, deliver it, record
+    /// the outcomes.
     pub async fn run_once(&self) -> StoreResult<Round> {
-        self.round(&CancellationToken::new()).await
+        use strum::IntoEnumIterator as _;
+        let shutdown = CancellationToken::new();
+        let mut round = Round::default();
+        for channel in MessageChannel::iter() {
+            let (claimed, lease_until) = self.claim(channel).await?;
+            round.claimed += claimed.len();
+            let finished: Vec<Finished> = futures::stream::iter(claimed)
+                .map(|message| self.finish(message, lease_until, &shutdown))
+                .buffer_unordered(self.config.concurrency)
+                .collect()
+                .await;
+            for group in finished.chunks(RECORD_GROUP_MAX) {
+                self.record(group, &mut round).await?;
+            }
+        }
+        if round.released > 0 {
+            self.store
+                .release_all(&self.owner, self.clock.now())
+                .await?;
+        }
+        Ok(round)
     }
 
     /// Deliver until `shutdown`; then hand back anything still held.
+    ///
+    /// Each channel has its own lane: a claimer keeps a bounded queue of leased messages full,
+    /// and up to `concurrency` sends run at once, so a slow gateway never holds the other
+    /// channel back and the next claim overlaps the current sends. Outcomes go to one recorder
+    /// task that writes whatever has finished in one statement, while the sends go on.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        use strum::IntoEnumIterator as _;
         let stats = tokio::spawn(Arc::clone(&self).report_pending(shutdown.clone()));
-        while !shutdown.is_cancelled() {
-            let wait = match self.round(&shutdown).await {
-                // A full batch: more is probably due, go again at once.
-                Ok(round) if round.claimed >= self.config.batch_size as usize => continue,
-                Ok(_) => self.config.poll_interval(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox claim failed; retrying");
-                    self.config.poll_interval()
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => {}
-            }
+        let (outcomes, finished) = mpsc::channel(RECORD_GROUP_MAX * 4);
+        let recorder = tokio::spawn(Arc::clone(&self).recorder(finished));
+        let lanes: Vec<_> = MessageChannel::iter()
+            .map(|channel| {
+                tokio::spawn(Arc::clone(&self).lane(channel, shutdown.clone(), outcomes.clone()))
+            })
+            .collect();
+        drop(outcomes);
+        for lane in lanes {
+            drop(lane.await);
         }
+        // Every lane has stopped, so the recorder drains what is left and ends.
+        drop(recorder.await);
         match self.store.release_all(&self.owner, self.clock.now()).await {
             Ok(0) => {}
             Ok(n) => {
@@ -182,60 +223,147 @@ impl Dispatcher {
         drop(stats.await);
     }
 
-    async fn round(&self, shutdown: &CancellationToken) -> StoreResult<Round> {
+    /// Claim a batch of one channel's due messages, leased from now.
+    async fn claim(&self, channel: MessageChannel) -> StoreResult<(Vec<OutboxMessage>, Timestamp)> {
         let now = self.clock.now();
         let lease_until = now + self.config.lease();
         let claimed = self
             .store
-            .claim_due(&self.owner, now, lease_until, self.config.batch_size)
+            .claim_due(
+                &self.owner,
+                channel,
+                now,
+                lease_until,
+                self.config.batch_size,
+            )
             .await?;
-        let mut round = Round {
-            claimed: claimed.len(),
-            ..Round::default()
-        };
-        // Outcomes are recorded in groups of whatever has finished, one commit per group.
-        let mut deliveries = futures::stream::iter(claimed)
-            .map(|message| async move {
-                let delivery = self.deliver(&message, lease_until, shutdown).await;
-                (message.id, message.channel, delivery)
-            })
-            .buffer_unordered(self.config.concurrency)
-            .ready_chunks(RECORD_GROUP_MAX);
-        while let Some(group) = deliveries.next().await {
-            let mut done = Vec::with_capacity(group.len());
-            let mut channels = Vec::with_capacity(group.len());
-            for (id, channel, delivery) in group {
-                match delivery {
-                    Delivery::Done(outcome) => {
-                        done.push((id, outcome));
-                        channels.push(channel);
+        Ok((claimed, lease_until))
+    }
+
+    /// One channel's claimer and senders, until `shutdown`.
+    async fn lane(
+        self: Arc<Self>,
+        channel: MessageChannel,
+        shutdown: CancellationToken,
+        outcomes: mpsc::Sender<Finished>,
+    ) {
+        // Claimed messages waiting for a send slot: one batch, so the next claim is ready when
+        // the sends need it and little waits out its lease in memory.
+        let (queue, claimed) = mpsc::channel::<(OutboxMessage, Timestamp)>(
+            usize::try_from(self.config.batch_size).unwrap_or(1).max(1),
+        );
+        let claimer = async {
+            while !shutdown.is_cancelled() {
+                let wait = match self.claim(channel).await {
+                    Ok((batch, lease_until)) => {
+                        let full = batch.len() >= self.config.batch_size as usize;
+                        for message in batch {
+                            if queue.send((message, lease_until)).await.is_err() {
+                                return;
+                            }
+                        }
+                        // A full batch: more is probably due, claim again as soon as there is room.
+                        if full {
+                            continue;
+                        }
+                        self.config.poll_interval()
                     }
-                    Delivery::Skipped => round.released += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, channel = channel_label(channel), "outbox claim failed; retrying");
+                        self.config.poll_interval()
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => {}
                 }
             }
-            if done.is_empty() {
+            drop(queue);
+        };
+        let queued = futures::stream::unfold(claimed, |mut claimed| async move {
+            claimed.recv().await.map(|item| (item, claimed))
+        });
+        let senders =
+            queued.for_each_concurrent(self.config.concurrency, |(message, lease_until)| {
+                let this = Arc::clone(&self);
+                let outcomes = outcomes.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    let finished = this.finish(message, lease_until, &shutdown).await;
+                    // The recorder ends only after every lane; a send error cannot happen here.
+                    drop(outcomes.send(finished).await);
+                }
+            });
+        tokio::join!(claimer, senders);
+    }
+
+    /// Record outcomes as they arrive, in groups of whatever has finished meanwhile.
+    async fn recorder(self: Arc<Self>, mut finished: mpsc::Receiver<Finished>) {
+        let mut group = Vec::with_capacity(RECORD_GROUP_MAX);
+        while finished.recv_many(&mut group, RECORD_GROUP_MAX).await > 0 {
+            let mut round = Round::default();
+            let mut attempt = 0;
+            // A failed commit is retried while the leases hold; after that the messages are due
+            // again and are sent once more (at least once, never silently dropped).
+            while let Err(e) = self.record(&group, &mut round).await {
+                attempt += 1;
+                if attempt >= RECORD_ATTEMPTS {
+                    tracing::error!(error = %e, messages = group.len(), "could not record outcomes; the messages will be sent again when their leases lapse");
+                    break;
+                }
+                tracing::warn!(error = %e, attempt, "recording outcomes failed; retrying");
+                tokio::time::sleep(RECORD_RETRY_WAIT * attempt).await;
+            }
+            group.clear();
+        }
+    }
+
+    /// Deliver one claimed message and decide its outcome.
+    async fn finish(
+        &self,
+        message: OutboxMessage,
+        lease_until: Timestamp,
+        shutdown: &CancellationToken,
+    ) -> Finished {
+        let delivery = self.deliver(&message, lease_until, shutdown).await;
+        Finished {
+            id: message.id,
+            channel: message.channel,
+            delivery,
+        }
+    }
+
+    /// Write the outcomes of `group` in one transaction and count them into `round`.
+    async fn record(&self, group: &[Finished], round: &mut Round) -> StoreResult<()> {
+        let mut done = Vec::with_capacity(group.len());
+        let mut channels = Vec::with_capacity(group.len());
+        let mut released = 0;
+        for finished in group {
+            match &finished.delivery {
+                Delivery::Done(outcome) => {
+                    done.push((finished.id, outcome.clone()));
+                    channels.push(finished.channel);
+                }
+                Delivery::Skipped => released += 1,
+            }
+        }
+        let recorded = if done.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .record_outcomes(&self.owner, &done, self.clock.now())
+                .await?
+        };
+        round.released += released;
+        for (((id, outcome), channel), recorded) in done.iter().zip(channels).zip(recorded) {
+            if !recorded {
+                round.lost += 1;
+                tracing::warn!(message_id = %id, "lease lapsed before the outcome was recorded");
                 continue;
             }
-            let recorded = self
-                .store
-                .record_outcomes(&self.owner, &done, self.clock.now())
-                .await?;
-            for (((id, outcome), channel), recorded) in done.iter().zip(channels).zip(recorded) {
-                if !recorded {
-                    round.lost += 1;
-                    tracing::warn!(message_id = %id, "lease lapsed before the outcome was recorded");
-                    continue;
-                }
-                round.count(outcome, channel);
-            }
+            round.count(outcome, channel);
         }
-        drop(deliveries);
-        if round.released > 0 {
-            self.store
-                .release_all(&self.owner, self.clock.now())
-                .await?;
-        }
-        Ok(round)
+        Ok(())
     }
 
     async fn deliver(
@@ -282,6 +410,9 @@ impl Dispatcher {
         lease_until: Timestamp,
         shutdown: &CancellationToken,
     ) -> Option<Result<Delivered, SendError>> {
+        if shutdown.is_cancelled() {
+            return None;
+        }
         let Ok(recipient) = self.keys.open(&message.recipient) else {
             return Some(Err(SendError::permanent(
                 "recipient cannot be opened with this key",

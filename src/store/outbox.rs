@@ -55,11 +55,12 @@ pub trait OutboxStore {
     /// Write messages outside any other change (most are written with the event causing them).
     async fn enqueue(&self, messages: &[NewMessage]) -> StoreResult<()>;
 
-    /// Lease up to `limit` due messages to `owner` until `lease_until`, counting an attempt on
-    /// each; committed before returning. Messages whose lease has lapsed are due again.
+    /// Lease up to `limit` due messages of one channel to `owner` until `lease_until`, counting
+    /// an attempt on each; committed before returning. Messages whose lease has lapsed are due again.
     async fn claim_due(
         &self,
         owner: &str,
+        channel: MessageChannel,
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
@@ -225,8 +226,8 @@ pub(super) mod sql {
     macro_rules! due_ids {
         () => {
             "SELECT id FROM outbox WHERE state IN ('pending', 'sending') \
-             AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3) \
-             ORDER BY next_attempt_at LIMIT $4"
+             AND channel = $5 AND next_attempt_at <= $3 \
+             AND (lease_until IS NULL OR lease_until < $3) ORDER BY next_attempt_at LIMIT $4"
         };
     }
 
@@ -251,11 +252,23 @@ pub(super) mod sql {
     /// row twice.
     pub const CLAIM_POSTGRES: &str = claim!(" FOR UPDATE SKIP LOCKED");
 
-    pub const RECORD: &str = "UPDATE outbox SET state = $3, \
-         next_attempt_at = COALESCE($4, next_attempt_at), last_error = $5, \
-         gateway_ref = COALESCE($6, gateway_ref), sent_at = $7, lease_owner = NULL, \
-         lease_until = NULL, updated_at = $8 \
-         WHERE id = $1 AND lease_owner = $2 AND state = 'sending'";
+    /// What a recorded outcome sets, from the `v` rows of `(mid, state, next_at, error,
+    /// gateway_ref, sent_at)` each backend supplies; `$now` and `$owner` are its parameters.
+    macro_rules! record_set {
+        ($now:literal, $owner:literal) => {
+            concat!(
+                "UPDATE outbox SET state = v.state, \
+                 next_attempt_at = COALESCE(v.next_at, outbox.next_attempt_at), \
+                 last_error = v.error, gateway_ref = COALESCE(v.gateway_ref, outbox.gateway_ref), \
+                 sent_at = v.sent_at, lease_owner = NULL, lease_until = NULL, updated_at = ",
+                $now,
+                " FROM v WHERE outbox.id = v.mid AND outbox.lease_owner = ",
+                $owner,
+                " AND outbox.state = 'sending' RETURNING outbox.id"
+            )
+        };
+    }
+    pub(crate) use record_set;
 
     pub const RELEASE_ALL: &str = "UPDATE outbox SET state = 'pending', \
          attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_at = $2, \
@@ -339,10 +352,45 @@ pub(super) fn messages(rows: Vec<MessageRow>) -> StoreResult<Vec<OutboxMessage>>
     rows.into_iter().map(OutboxMessage::try_from).collect()
 }
 
+/// One outcome as the set-based record statement takes it.
+pub(super) struct OutcomeRow {
+    pub id: Uuid,
+    pub state: MessageState,
+    pub next_attempt_at: Option<i64>,
+    pub error: Option<String>,
+    pub gateway_ref: Option<String>,
+    pub sent_at: Option<i64>,
+}
+
+impl OutcomeRow {
+    pub(super) fn new(id: Uuid, outcome: &Outcome, now_ms: i64) -> Self {
+        let (next_attempt_at, error, gateway_ref, sent_at) = match outcome {
+            Outcome::Sent { gateway_ref } => (None, None, gateway_ref.clone(), Some(now_ms)),
+            Outcome::Retry { at, error } => (
+                Some(super::to_millis(*at)),
+                Some(clip_error(error)),
+                None,
+                None,
+            ),
+            Outcome::Failed { error } | Outcome::Dead { error } => {
+                (None, Some(clip_error(error)), None, None)
+            }
+        };
+        Self {
+            id,
+            state: outcome.state(),
+            next_attempt_at,
+            error,
+            gateway_ref,
+            sent_at,
+        }
+    }
+}
+
 /// Longest error text kept with a message: enough to diagnose, bounded per row.
 const ERROR_MAX: usize = 500;
 
-pub(super) fn clip_error(error: &str) -> String {
+fn clip_error(error: &str) -> String {
     match error.char_indices().nth(ERROR_MAX) {
         Some((end, _)) => format!("{}…", &error[..end]),
         None => error.to_owned(),
@@ -382,6 +430,7 @@ macro_rules! impl_outbox_store {
             async fn claim_due(
                 &self,
                 owner: &str,
+                channel: $crate::store::MessageChannel,
                 now: $crate::store::Timestamp,
                 lease_until: $crate::store::Timestamp,
                 limit: u32,
@@ -392,6 +441,7 @@ macro_rules! impl_outbox_store {
                     .bind($crate::store::to_millis(lease_until))
                     .bind($crate::store::to_millis(now))
                     .bind(i64::from(limit))
+                    .bind(channel.as_ref())
                     .fetch_all(&self.$write)
                     .await
                     .map_err(Self::error)?;
@@ -404,43 +454,21 @@ macro_rules! impl_outbox_store {
                 outcomes: &[(uuid::Uuid, $crate::store::Outcome)],
                 now: $crate::store::Timestamp,
             ) -> $crate::store::StoreResult<Vec<bool>> {
-                use $crate::store::Outcome;
-                use $crate::store::outbox::{clip_error, sql};
-                let now_ms = $crate::store::to_millis(now);
-                let mut recorded = Vec::with_capacity(outcomes.len());
-                // One commit for the lot: on SQLite every commit is an fsync.
-                let mut tx = self.$write.begin().await.map_err(Self::error)?;
-                for (id, outcome) in outcomes {
-                    let (next, error, gateway_ref, sent_at) = match outcome {
-                        Outcome::Sent { gateway_ref } => {
-                            (None, None, gateway_ref.clone(), Some(now_ms))
-                        }
-                        Outcome::Retry { at, error } => (
-                            Some($crate::store::to_millis(*at)),
-                            Some(clip_error(error)),
-                            None,
-                            None,
-                        ),
-                        Outcome::Failed { error } | Outcome::Dead { error } => {
-                            (None, Some(clip_error(error)), None, None)
-                        }
-                    };
-                    let done = sqlx::query(sql::RECORD)
-                        .bind(*id)
-                        .bind(owner)
-                        .bind(outcome.state().as_ref())
-                        .bind(next)
-                        .bind(error)
-                        .bind(gateway_ref)
-                        .bind(sent_at)
-                        .bind(now_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(Self::error)?;
-                    recorded.push(done.rows_affected() == 1);
+                use $crate::store::outbox::OutcomeRow;
+                if outcomes.is_empty() {
+                    return Ok(Vec::new());
                 }
-                tx.commit().await.map_err(Self::error)?;
-                Ok(recorded)
+                let now_ms = $crate::store::to_millis(now);
+                let rows: Vec<OutcomeRow> = outcomes
+                    .iter()
+                    .map(|(id, outcome)| OutcomeRow::new(*id, outcome, now_ms))
+                    .collect();
+                // One statement and one commit for the lot: on SQLite every commit is an fsync.
+                let recorded = self.record_group(owner, &rows, now_ms).await?;
+                Ok(outcomes
+                    .iter()
+                    .map(|(id, _)| recorded.contains(id))
+                    .collect())
             }
 
             async fn release_all(

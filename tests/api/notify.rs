@@ -480,6 +480,7 @@ async fn a_lapsed_lease_makes_the_message_due_again(backend: Backend) {
         .store
         .claim_due(
             "crashed-replica",
+            MessageChannel::Sms,
             now,
             now + chrono::Duration::milliseconds(300),
             10,

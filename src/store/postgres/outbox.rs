@@ -1,6 +1,46 @@
 //! The outbox on PostgreSQL: replicas share the work, claiming with `FOR UPDATE SKIP LOCKED`.
 
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
 use super::PgStore;
-use crate::store::outbox::{impl_outbox_store, sql};
+use crate::store::StoreResult;
+use crate::store::outbox::{OutcomeRow, impl_outbox_store, sql};
 
 impl_outbox_store!(PgStore, read: pool, write: pool, claim: sql::CLAIM_POSTGRES);
+
+/// A group of outcomes as column arrays, unnested into the `v` rows of the record statement.
+const RECORD: &str = concat!(
+    "WITH v(mid, state, next_at, error, gateway_ref, sent_at) AS (SELECT * FROM \
+     UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[])) ",
+    sql::record_set!("$7", "$8")
+);
+
+impl PgStore {
+    /// Record a group of outcomes with one statement; the ids `owner` still held.
+    async fn record_group(
+        &self,
+        owner: &str,
+        rows: &[OutcomeRow],
+        now_ms: i64,
+    ) -> StoreResult<HashSet<Uuid>> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(RECORD)
+            .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.state.as_ref()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.next_attempt_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|r| r.gateway_ref.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+            .bind(now_ms)
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Self::error)?;
+        Ok(ids.into_iter().collect())
+    }
+}
