@@ -4,13 +4,16 @@
 //! operator can fix it without reading a stack trace. Secrets are wrapped so that neither
 //! `Debug` nor logs reveal them.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use figment::util::nest;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -270,7 +273,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::from_figment(&figment.merge(env))
+        Self::from_figment(&figment.merge(Environment::new(env)?))
     }
 
     fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
@@ -389,6 +392,82 @@ impl Config {
     }
 }
 
+/// The `RELIEFLINE_*` variables, read as figment's [`Env`] reads them except for text.
+///
+/// `Env` reads `15881234` as a number, and a number is refused where text is expected; but an
+/// operator who writes a sender number, a contact phone, or an all-digit password or token
+/// means the text (a leading zero included). So a key whose default in [`DEFAULTS`] is text
+/// takes the variable as written; a quoted value (`"0042"`) still loses its quotes.
+struct Environment {
+    vars: Env,
+    text_keys: BTreeSet<String>,
+}
+
+impl Environment {
+    fn new(vars: Env) -> Result<Self, ConfigError> {
+        let defaults = Toml::string(DEFAULTS)
+            .data()
+            .map_err(|e| describe_figment_error(&e))?;
+        let mut text_keys = BTreeSet::new();
+        for dict in defaults.values() {
+            collect_text_keys(dict, "", &mut text_keys);
+        }
+        Ok(Self { vars, text_keys })
+    }
+}
+
+impl Provider for Environment {
+    fn metadata(&self) -> Metadata {
+        self.vars.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, raw) in self.vars.iter() {
+            let Ok(parsed) = raw.parse::<Value>();
+            let value = match parsed {
+                Value::String(..) => parsed,
+                _ if self.text_keys.contains(key.as_str()) => Value::from(raw.trim()),
+                _ => parsed,
+            };
+            if let Some(nested) = nest(key.as_str(), value).into_dict() {
+                merge_dicts(&mut dict, nested);
+            }
+        }
+        Ok(self.vars.profile.collect(dict))
+    }
+}
+
+/// The dotted paths of the text values in `dict`.
+fn collect_text_keys(dict: &Dict, prefix: &str, out: &mut BTreeSet<String>) {
+    for (key, value) in dict {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            Value::String(..) => {
+                out.insert(path);
+            }
+            Value::Dict(_, inner) => collect_text_keys(inner, &path, out),
+            _ => {}
+        }
+    }
+}
+
+/// `from` over `into`, tables merged key by key, as figment merges providers.
+fn merge_dicts(into: &mut Dict, from: Dict) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(Value::Dict(_, inner)), Value::Dict(_, more)) => merge_dicts(inner, more),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Turn figment's error into one line: which key, what is wrong, and where the value came from.
 fn describe_figment_error(error: &figment::Error) -> ConfigError {
     use figment::error::Kind;
@@ -504,6 +583,43 @@ mod tests {
             assert_eq!(config.http.listen, "0.0.0.0:9000".parse().unwrap());
             assert_eq!(config.database.target(), DatabaseTarget::Postgres);
             assert_eq!(config.metrics.listen, None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn text_keys_take_all_digit_values_from_the_environment_as_text() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RELIEFLINE_NOTIFY__SMS__SENDER", "15881234");
+            jail.set_env("RELIEFLINE_NOTIFY__CONTACT_PHONE", "0215881234");
+            jail.set_env("RELIEFLINE_ADMIN__TOKEN", "1234567890123456");
+            jail.set_env("RELIEFLINE_NOTIFY__EMAIL__PASSWORD", "0000");
+            jail.set_env("RELIEFLINE_NOTIFY__EMAIL__USERNAME", "true");
+            jail.set_env("RELIEFLINE_NOTIFY__EMAIL__FROM_NAME", "\"0042\"");
+            // Keys that are not text are read as before: numbers, tables.
+            jail.set_env("RELIEFLINE_HTTP__MAX_CONNECTIONS", "123");
+            jail.set_env(
+                "RELIEFLINE_NOTIFY__RATE_LIMITS__SMS",
+                "{per_minute=60, burst=5}",
+            );
+            jail.set_env("RELIEFLINE_NOTIFY__RATE_LIMITS__EMAIL__BURST", "7");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            let notify = &config.notify;
+            assert_eq!(notify.sms.sender, "15881234");
+            assert_eq!(notify.contact_phone, "0215881234");
+            assert_eq!(config.admin.token(), Some("1234567890123456"));
+            assert_eq!(notify.email.password.expose_secret(), "0000");
+            assert_eq!(notify.email.username, "true");
+            assert_eq!(notify.email.from_name, "0042");
+            assert_eq!(config.http.max_connections, 123);
+            assert_eq!(
+                (
+                    notify.rate_limits.sms.per_minute,
+                    notify.rate_limits.sms.burst
+                ),
+                (60.0, 5)
+            );
+            assert_eq!(notify.rate_limits.email.burst, 7);
             Ok(())
         });
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
@@ -84,11 +84,32 @@ async fn request_timeout(State(state): State<AppState>, request: Request, next: 
     }
 }
 
+/// Paths of machine clients: an unknown address under them is answered in JSON, like the rest
+/// of their answers.
+const MACHINE_PATHS: [&str; 4] = ["/api", "/metrics", "/healthz", "/readyz"];
+
+/// No route matched: a page in the person's language for a browser asking for an address on
+/// the public site, the API's JSON error for everything else.
 async fn not_found(request: Request) -> Response {
     let started = std::time::Instant::now();
-    let method = request.method().as_str().to_owned();
-    metrics::record(metrics::UNMATCHED.to_owned(), method, 404, started);
-    ApiError::NotFound.into_response()
+    let method = request.method().clone();
+    let path = request.uri().path();
+    let machine = MACHINE_PATHS.iter().any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    let response = if !machine && (method == Method::GET || method == Method::HEAD) {
+        crate::web::pages::not_found(request.uri().query(), request.headers())
+    } else {
+        ApiError::NotFound.into_response()
+    };
+    metrics::record(
+        metrics::UNMATCHED.to_owned(),
+        method.as_str().to_owned(),
+        404,
+        started,
+    );
+    response
 }
 
 /// A panic is a bug, never the client's fault: answer an opaque 500 and log it.

@@ -31,7 +31,7 @@ use crate::incident::ModeHandle;
 /// The one stylesheet, cached for a year: pages link it with a version query
 /// ([`STYLESHEET_HREF`]) that changes whenever it does.
 pub const STYLESHEET_PATH: &str = "/static/site.css";
-pub const STYLESHEET_HREF: &str = "/static/site.css?v=1";
+pub const STYLESHEET_HREF: &str = "/static/site.css?v=2";
 const STYLESHEET: &str = include_str!("static/site.css");
 
 /// State of the pages: the rendered-page caches.

@@ -28,6 +28,11 @@ use crate::intake::{FieldErrors, IdempotencyKey, SubmitError, ValidReport, idemp
 /// Largest form body accepted (the API's limit on a report).
 const MAX_FORM_BYTES: usize = crate::intake::MAX_REPORT_BYTES;
 
+/// The name of the language switch on a form sent back after a post (`base.html`): a submit
+/// button whose value is the other language. A post carrying it shows the form again in that
+/// language with everything typed, and submits nothing.
+const SWITCH_FIELD: &str = "switch_lang";
+
 /// What every page's frame shows.
 pub struct Chrome {
     pub t: &'static Text,
@@ -35,6 +40,8 @@ pub struct Chrome {
     pub other_lang: &'static str,
     pub title: &'static str,
     pub switch_href: String,
+    /// The id of the form the language switch re-posts, instead of linking to `switch_href`.
+    pub switch_form: Option<&'static str>,
     pub css: &'static str,
 }
 
@@ -48,28 +55,53 @@ impl Chrome {
             other_lang: lang.other().code(),
             title,
             switch_href: format!("{path}{sep}lang={}", lang.other().code()),
+            switch_form: None,
             css: STYLESHEET_HREF,
         }
     }
+
+    /// On a form sent back with what the person typed, a link to the other language would
+    /// lose it: the switch re-posts form `form_id` instead ([`SWITCH_FIELD`]).
+    fn reposting(self, form_id: &'static str) -> Self {
+        Self {
+            switch_form: Some(form_id),
+            ..self
+        }
+    }
+}
+
+/// The value of `name` among query or form pairs.
+fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The language of a request and its query parameters.
 struct PageRequest {
     lang: Lang,
-    /// Set when `?lang=` chose the language just now: remember it.
+    /// Set when the language was chosen just now (`?lang=`, a form's switch): remember it.
     lang_cookie: Option<HeaderValue>,
     query: Vec<(String, String)>,
 }
 
 impl PageRequest {
+    /// A page asked for: `?lang=` chooses the language.
     fn new(query: Option<&str>, headers: &HeaderMap) -> Self {
         let query: Vec<(String, String)> = query
             .and_then(|q| serde_urlencoded::from_str(q).ok())
             .unwrap_or_default();
-        let chosen = query
-            .iter()
-            .find(|(k, _)| k == "lang")
-            .map(|(_, v)| v.as_str());
+        let chosen = Self::choosing(field(&query, "lang"), headers);
+        Self { query, ..chosen }
+    }
+
+    /// A form post: its language switch ([`SWITCH_FIELD`]) chooses the language.
+    fn posted(pairs: &[(String, String)], headers: &HeaderMap) -> Self {
+        Self::choosing(field(pairs, SWITCH_FIELD), headers)
+    }
+
+    fn choosing(chosen: Option<&str>, headers: &HeaderMap) -> Self {
         let (lang, switched) = Lang::negotiate(chosen, headers);
         let lang_cookie = switched
             .then(|| {
@@ -84,15 +116,12 @@ impl PageRequest {
         Self {
             lang,
             lang_cookie,
-            query,
+            query: Vec::new(),
         }
     }
 
     fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        field(&self.query, name)
     }
 
     fn html(&self, body: String, caching: Caching) -> Html {
@@ -222,6 +251,11 @@ fn error_page(lang: Lang, error: &ApiError) -> Response {
         Html::new(page.render().unwrap_or_default(), lang, Caching::NoStore).status(status);
     html.retry_after = error.retry_after();
     html.into_response()
+}
+
+/// An address no page lives at: 404 as a page in the person's language.
+pub fn not_found(query: Option<&str>, headers: &HeaderMap) -> Response {
+    error_page(PageRequest::new(query, headers).lang, &ApiError::NotFound)
 }
 
 /// A form post that failed the cross-site check: 403, nothing done.
@@ -390,6 +424,8 @@ const HARM_TYPES: [HarmType; 6] = [
 struct FormState<'a> {
     lang: Lang,
     incident: Option<&'a IncidentDetail>,
+    /// The form comes back after a post, filled in as typed.
+    posted: bool,
     errors: PageErrors,
     busy: Option<Duration>,
     notice: Option<&'static str>,
@@ -414,8 +450,12 @@ fn render_report(
         ),
         None => (t.report_title, "/report".to_owned()),
     };
+    let mut chrome = Chrome::new(lang, title, &path);
+    if state.posted {
+        chrome = chrome.reposting("report-form");
+    }
     ReportPage {
-        chrome: Chrome::new(lang, title, &path),
+        chrome,
         incident,
         services,
         form,
@@ -452,6 +492,7 @@ pub async fn report_form(
                 let view = FormState {
                     lang,
                     incident: incident.as_deref(),
+                    posted: false,
                     errors: PageErrors::new(),
                     busy: None,
                     notice: None,
@@ -489,19 +530,22 @@ async fn form_pairs(body: Body) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 /// `POST /report`: the same checks and intake path as the API; the receipt page on success,
-/// otherwise the form again with everything typed and what to do.
+/// otherwise the form again with everything typed and what to do. The form's language switch
+/// shows it again in the other language and submits nothing.
 pub async fn submit_report(
     State(state): State<AppState>,
     Client(client): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let req = PageRequest::new(None, &headers);
-    let lang = req.lang;
-    let form = match form_pairs(body).await {
-        Ok(pairs) => ReportForm::from_pairs(pairs),
-        Err(e) => return error_page(lang, &e),
+    let pairs = match form_pairs(body).await {
+        Ok(pairs) => pairs,
+        Err(e) => return error_page(PageRequest::new(None, &headers).lang, &e),
     };
+    let req = PageRequest::posted(&pairs, &headers);
+    let lang = req.lang;
+    let switching = field(&pairs, SWITCH_FIELD).is_some();
+    let form = ReportForm::from_pairs(pairs);
     if let Err(refusal) = csrf::check(
         &state.keys,
         &headers,
@@ -517,6 +561,7 @@ pub async fn submit_report(
     let mut view = FormState {
         lang,
         incident: incident.as_deref(),
+        posted: true,
         errors: PageErrors::new(),
         busy: None,
         notice: None,
@@ -530,7 +575,8 @@ pub async fn submit_report(
         };
         match render_report(view, form, &token, &idem) {
             Ok(body) => {
-                let mut html = Html::new(body, lang, Caching::NoStore)
+                let mut html = req
+                    .html(body, Caching::NoStore)
                     .status(status)
                     .cookie(cookie);
                 html.retry_after = view.busy;
@@ -540,6 +586,14 @@ pub async fn submit_report(
         }
     };
 
+    // Switching language submits nothing, so it spends none of the submission allowance. The
+    // findings, if any, are shown again in the new language: often why the person switched.
+    if switching {
+        return match ValidReport::from_json(&form.to_json(), Utc::now()) {
+            Ok(_) => again(&view, &form, StatusCode::OK),
+            Err(errors) => invalid(&mut view, &errors, &form, again),
+        };
+    }
     // Refuse before any work: a refusal must stay cheap under a flood.
     if let Err(limited) = state
         .limiters
@@ -611,19 +665,24 @@ fn invalid<'a>(
 
 // ---- lookup ----------------------------------------------------------------------------
 
+/// The answer to a lookup post. While the form is on the page, its language switch re-posts
+/// what was typed.
 fn lookup_page(
-    lang: Lang,
-    page: &LookupPage<'_>,
+    req: &PageRequest,
+    mut page: LookupPage<'_>,
     status: StatusCode,
     busy: Option<Duration>,
 ) -> Response {
-    match render(page) {
+    if page.result.is_none() {
+        page.chrome = page.chrome.reposting("lookup-form");
+    }
+    match render(&page) {
         Ok(body) => {
-            let mut html = Html::new(body, lang, Caching::NoStore).status(status);
+            let mut html = req.html(body, Caching::NoStore).status(status);
             html.retry_after = busy;
             html.into_response()
         }
-        Err(e) => error_page(lang, &e),
+        Err(e) => error_page(req.lang, &e),
     }
 }
 
@@ -660,70 +719,74 @@ pub async fn lookup_form(
 }
 
 /// `POST /lookup`: the same rate limits and the same answer for an unknown receipt and a
-/// wrong contact as the API.
+/// wrong contact as the API. The form's language switch shows it again in the other language
+/// and looks nothing up.
 pub async fn lookup(
     State(state): State<AppState>,
     Client(client): Client,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let lang = PageRequest::new(None, &headers).lang;
-    let t = lang.text();
     let pairs = match form_pairs(body).await {
         Ok(pairs) => pairs,
-        Err(e) => return error_page(lang, &e),
+        Err(e) => return error_page(PageRequest::new(None, &headers).lang, &e),
     };
-    let field = |name: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
-    };
+    let req = PageRequest::posted(&pairs, &headers);
+    let lang = req.lang;
+    let t = lang.text();
+    let switching = field(&pairs, SWITCH_FIELD).is_some();
+    let value = |name: &str| field(&pairs, name).unwrap_or_default();
     if let Err(refusal) = csrf::check(
         &state.keys,
         &headers,
-        Some(field(csrf::FIELD)),
+        Some(value(csrf::FIELD)),
         &state.web.public_origin,
     ) {
         return forbidden(lang, "/lookup", refusal);
     }
-    let token = field(csrf::FIELD);
-    let (receipt_text, contact_text) = (field("receipt").trim(), field("contact").trim());
+    let token = value(csrf::FIELD);
+    let (receipt_text, contact_text) = (value("receipt").trim(), value("contact").trim());
     let mut page = LookupPage {
         receipt: receipt_text,
         contact: contact_text,
         ..empty_lookup(lang, token)
     };
-    if let Err(limited) = state.limiters.check_lookup_ip(&client) {
+    if !switching && let Err(limited) = state.limiters.check_lookup_ip(&client) {
         page.busy_secs = Some(limited.0.as_secs().max(1));
-        return lookup_page(lang, &page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
+        return lookup_page(&req, page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
     }
     let receipt = Receipt::parse(receipt_text);
     let contact = Contact::parse(contact_text);
     let (receipt, contact) = match (receipt, contact) {
-        (Ok(r), Ok(c)) => (r, c),
+        (Ok(r), Ok(c)) if !switching => (r, c),
+        // Unreadable, or a language switch: the form again, as typed.
         (r, c) => {
             page.receipt_error = r.is_err().then_some(t.error_receipt);
             page.contact_error = c.is_err().then_some(t.error_contact);
-            return lookup_page(lang, &page, StatusCode::UNPROCESSABLE_ENTITY, None);
+            let status = if r.is_ok() && c.is_ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            return lookup_page(&req, page, status, None);
         }
     };
     if let Err(limited) = state.limiters.check_lookup_receipt(&receipt) {
         page.busy_secs = Some(limited.0.as_secs().max(1));
-        return lookup_page(lang, &page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
+        return lookup_page(&req, page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
     }
     let report = match matching_report(&state, &receipt, &contact).await {
         Ok(report) => report,
         Err(e) if e.retry_after().is_some() => {
             let after = e.retry_after();
             page.busy_secs = after.map(|d| d.as_secs().max(1));
-            return lookup_page(lang, &page, e.status(), after);
+            return lookup_page(&req, page, e.status(), after);
         }
         Err(e) => return error_page(lang, &e),
     };
     let Some(report) = report else {
         page.not_found = true;
-        return lookup_page(lang, &page, StatusCode::NOT_FOUND, None);
+        return lookup_page(&req, page, StatusCode::NOT_FOUND, None);
     };
     let incident = match report.incident_id {
         Some(id) => state.incidents.detail(id).await.ok().map(|d| IncidentLink {
@@ -748,5 +811,5 @@ pub async fn lookup(
             .collect(),
         incident,
     });
-    lookup_page(lang, &page, StatusCode::OK, None)
+    lookup_page(&req, page, StatusCode::OK, None)
 }

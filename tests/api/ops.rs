@@ -32,7 +32,7 @@ async fn metrics_are_labelled_by_route_not_path(backend: Backend) {
     }
     let r = app
         .client
-        .get(app.url("/no/such/path/8c1f2"))
+        .get(app.url("/api/no/such/path/8c1f2"))
         .send()
         .await
         .unwrap();

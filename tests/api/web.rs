@@ -139,6 +139,65 @@ fn filled_form(csrf: &str, idem: &str, incident: &str) -> Vec<(&'static str, Str
     ]
 }
 
+/// Everything in `form` is on the page again as typed: text, the chosen radio button and
+/// option, the ticked boxes.
+fn assert_filled_in(html: &str, form: &[(&'static str, String)]) {
+    for (name, typed) in form {
+        match *name {
+            "notify_sms" | "notify_email" | "consent" => assert!(checked(html, name), "{name}"),
+            "reporter_type" => assert!(checked(html, &format!("reporter_type-{typed}"))),
+            "harm_type" => assert!(html.contains(&format!("value=\"{typed}\" selected"))),
+            // Left out of the page when there is none.
+            "incident_id" if typed.is_empty() => {}
+            _ => assert_eq!(
+                value_of(html, name).as_deref(),
+                Some(typed.as_str()),
+                "{name}"
+            ),
+        }
+    }
+}
+
+/// The tag of the language switch in the page's header.
+fn language_switch(html: &str) -> &str {
+    let at = html.find("id=\"lang-switch\"").expect("a language switch");
+    let start = html[..at].rfind('<').unwrap();
+    let end = at + html[at..].find('>').unwrap();
+    &html[start..=end]
+}
+
+/// The first submit button of form `id` in document order, the one Enter in a field presses.
+fn default_button<'a>(html: &'a str, id: &str) -> &'a str {
+    let id_at = html.find(&format!("id=\"{id}\"")).expect("the form");
+    let form_start = html[..id_at].rfind("<form").expect("a form tag");
+    let form_end = form_start + html[form_start..].find("</form>").unwrap();
+    let mut at = 0;
+    while let Some(i) = html[at..].find("<button") {
+        let start = at + i;
+        let end = start + html[start..].find('>').unwrap();
+        let tag = &html[start..=end];
+        if tag.contains(&format!("form=\"{id}\"")) || (form_start < start && start < form_end) {
+            return tag;
+        }
+        at = end;
+    }
+    panic!("form {id} has no submit button")
+}
+
+/// Post the report form as the browser sends it.
+async fn post_report(
+    app: &TestApp,
+    client: &reqwest::Client,
+    form: &[(&str, String)],
+) -> reqwest::Response {
+    client
+        .post(app.url("/report"))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Open the report form with `client`; its CSRF token and idempotency key.
 async fn open_form(
     app: &TestApp,
@@ -280,12 +339,7 @@ async fn the_incident_form_is_prefilled_and_gives_one_receipt_per_form(backend: 
     assert_ne!(idem, idem2);
 
     let form = filled_form(&csrf, &idem, &incident);
-    let r = client
-        .post(app.url("/report"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &form).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let html = r.text().await.unwrap();
@@ -294,24 +348,14 @@ async fn the_incident_form_is_prefilled_and_gives_one_receipt_per_form(backend: 
     assert!(html.contains(KO.receipt_how_lookup) && html.contains(KO.receipt_next));
 
     // Pressing submit again (or a retry after a lost answer) gives the same receipt.
-    let r = client
-        .post(app.url("/report"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &form).await;
     assert_eq!(receipt_of(&r.text().await.unwrap()), receipt);
     assert_eq!(count_reports(&app).await, 1);
 
     // The same form sent back with other content is not taken for the first one.
     let mut changed = form.clone();
     changed[10].1 = "다른 내용입니다.".into();
-    let r = client
-        .post(app.url("/report"))
-        .form(&changed)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &changed).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let html = r.text().await.unwrap();
     assert!(html.contains(KO.already_used));
@@ -368,12 +412,7 @@ async fn field_errors_are_shown_next_to_their_fields(backend: Backend) {
         }
     }
     form.retain(|(name, _)| *name != "consent");
-    let r = client
-        .post(app.url("/report"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &form).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let html = r.text().await.unwrap();
     assert!(html.contains(EN.form_has_errors));
@@ -446,32 +485,14 @@ async fn a_busy_service_returns_the_form_with_everything_typed(backend: Backend)
     assert!(full, "the intake queue never filled");
 
     let form = filled_form(&csrf, &idem, "");
-    let r = client
-        .post(app.url("/report"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &form).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers()["retry-after"], "7");
     let html = r.text().await.unwrap();
     assert!(html.contains(KO.busy_before) && html.contains(KO.busy_kept));
     assert!(html.contains("<strong id=\"retry-seconds\">7</strong>"));
-    for (name, typed) in &form {
-        match *name {
-            "notify_sms" | "consent" | "incident_id" => {}
-            // The token is the one the cookie holds; everything else comes back as typed.
-            "csrf" => assert_eq!(value_of(&html, name).as_deref(), Some(csrf.as_str())),
-            "reporter_type" => assert!(checked(&html, "reporter_type-merchant")),
-            "harm_type" => assert!(html.contains("value=\"business_loss\" selected")),
-            _ => assert_eq!(
-                value_of(&html, name).as_deref(),
-                Some(typed.as_str()),
-                "{name}"
-            ),
-        }
-    }
-    assert!(checked(&html, "notify_sms") && checked(&html, "consent"));
+    // The token is the one the cookie holds; everything else comes back as typed.
+    assert_filled_in(&html, &form);
     assert!(!checked(&html, "notify_email"));
 
     lock.release().await;
@@ -484,20 +505,10 @@ async fn a_busy_service_returns_the_form_with_everything_typed(backend: Backend)
         &value_of(&html, "idem").unwrap(),
         "",
     );
-    let r = client
-        .post(app.url("/report"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &form).await;
     assert_eq!(r.status(), StatusCode::OK);
     let before = count_reports(&app).await;
-    let r = client
-        .post(app.url("/report"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &form).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(count_reports(&app).await, before);
     app.stop().await;
@@ -517,20 +528,10 @@ async fn a_rate_limited_form_comes_back_with_429_and_the_wait(backend: Backend) 
     let client = browser();
     let (csrf, _, _) = open_form(&app, &client, "/report").await;
     let first = filled_form(&csrf, "form-first", "");
-    let r = client
-        .post(app.url("/report"))
-        .form(&first)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &first).await;
     assert_eq!(r.status(), StatusCode::OK);
     let second = filled_form(&csrf, "form-second", "");
-    let r = client
-        .post(app.url("/report"))
-        .form(&second)
-        .send()
-        .await
-        .unwrap();
+    let r = post_report(&app, &client, &second).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = r.headers()["retry-after"]
         .to_str()
@@ -543,6 +544,122 @@ async fn a_rate_limited_form_comes_back_with_429_and_the_wait(backend: Backend) 
     assert_eq!(value_of(&html, "description"), Some(second[10].1.clone()));
     assert_eq!(value_of(&html, "idem").as_deref(), Some("form-second"));
     assert_eq!(count_reports(&app).await, 1);
+    app.stop().await;
+}
+
+async fn switching_language_on_a_returned_form_keeps_what_was_typed(backend: Backend) {
+    let Some(app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    let client = browser();
+    let (csrf, idem, html) = open_form(&app, &client, "/report").await;
+    assert!(
+        language_switch(&html).starts_with("<a"),
+        "a blank form links to the other language"
+    );
+    let mut form = filled_form(&csrf, &idem, "");
+    form[12].1 = "12-34".into(); // the phone
+    form.retain(|(name, _)| *name != "consent");
+    let r = post_report(&app, &client, &form).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(KO.error_phone) && html.contains(KO.error_consent));
+
+    // The switch re-posts the form it stands for instead of linking to a blank one; the
+    // browser's own checks must not hold it back.
+    let switch = language_switch(&html);
+    for part in [
+        "<button type=\"submit\"",
+        "form=\"report-form\"",
+        "name=\"switch_lang\"",
+        "value=\"en\"",
+        "formnovalidate",
+    ] {
+        assert!(switch.contains(part), "{part}: {switch}");
+    }
+    let default = default_button(&html, "report-form");
+    assert!(
+        !default.contains("switch_lang"),
+        "Enter must submit: {default}"
+    );
+
+    // What the browser sends when it is pressed: the form as shown, and the button.
+    let mut switched = form.clone();
+    switched.push(("switch_lang", "en".into()));
+    let r = post_report(&app, &client, &switched).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.headers()["content-language"], "en");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("lang=en"),
+        "the choice is remembered"
+    );
+    let html = r.text().await.unwrap();
+    assert!(html.contains("<html lang=\"en\">"));
+    assert!(html.contains(EN.form_has_errors) && !html.contains(KO.form_has_errors));
+    assert!(html.contains(EN.error_phone) && html.contains(EN.error_consent));
+    assert!(!html.contains(KO.error_phone));
+    assert_filled_in(&html, &form);
+    assert!(!checked(&html, "consent") && !checked(&html, "notify_email"));
+    assert!(language_switch(&html).contains("value=\"ko\""));
+    assert_eq!(count_reports(&app).await, 0);
+
+    // A complete form is not submitted by the switch either.
+    let mut complete = filled_form(&csrf, &idem, "");
+    complete.push(("switch_lang", "ko".into()));
+    let r = post_report(&app, &client, &complete).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(KO.submit_report) && !html.contains(KO.form_has_errors));
+    complete.pop();
+    assert_filled_in(&html, &complete);
+    assert_eq!(count_reports(&app).await, 0);
+    // Without the form's token the switch is refused like any post.
+    let mut forged = complete.clone();
+    forged[0].1 = String::new();
+    forged.push(("switch_lang", "en".into()));
+    let r = post_report(&app, &client, &forged).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Submitted afterwards, the form gives its receipt, once.
+    let r = post_report(&app, &client, &complete).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(receipt_of(&r.text().await.unwrap()).starts_with("HR-"));
+    assert_eq!(count_reports(&app).await, 1);
+
+    // The lookup form the same way: the switch looks nothing up and keeps both fields.
+    let lookup = |pairs: Vec<(&'static str, &'static str)>| {
+        let (client, url, csrf) = (client.clone(), app.url("/lookup"), csrf.clone());
+        async move {
+            let mut pairs: Vec<(&str, &str)> = pairs;
+            pairs.push(("csrf", &csrf));
+            client.post(url).form(&pairs).send().await.unwrap()
+        }
+    };
+    let typed = vec![("receipt", "HR-123"), ("contact", "010-1234-5678")];
+    let r = lookup(typed.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(KO.error_receipt));
+    let switch = language_switch(&html);
+    assert!(
+        switch.contains("form=\"lookup-form\"") && switch.contains("value=\"en\""),
+        "{switch}"
+    );
+    assert!(!default_button(&html, "lookup-form").contains("switch_lang"));
+    let r = lookup([typed.clone(), vec![("switch_lang", "en")]].concat()).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(EN.lookup_title) && html.contains(EN.error_receipt));
+    assert!(!html.contains(EN.error_contact));
+    for (name, value) in typed {
+        assert_eq!(value_of(&html, name).as_deref(), Some(value), "{name}");
+    }
+    // Later pages keep the language chosen on the form.
+    let r = client.get(app.url("/status")).send().await.unwrap();
+    assert!(r.text().await.unwrap().contains(EN.status_title));
     app.stop().await;
 }
 
@@ -635,7 +752,8 @@ async fn pages_carry_security_headers_and_lookups_are_never_stored(backend: Back
             !html.contains("<script") && !html.contains("style="),
             "{path}"
         );
-        assert!(html.contains("href=\"/static/site.css?v=1\""), "{path}");
+        let css = format!("href=\"{}\"", reliefline::web::STYLESHEET_HREF);
+        assert!(html.contains(&css), "{path}");
     }
     let r = app.client.get(app.url("/lookup")).send().await.unwrap();
     assert_eq!(r.headers()["cache-control"], "no-store");
@@ -708,6 +826,93 @@ async fn pages_carry_security_headers_and_lookups_are_never_stored(backend: Back
     let html = r.text().await.unwrap();
     assert!(html.contains(KO.error_receipt) && html.contains(KO.error_contact));
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_address_is_a_page_on_the_site_and_json_under_the_api() {
+    let app = spawn(Backend::Sqlite, |_| {}).await.expect("sqlite app");
+    let unmatched_before = unmatched_gets(&app).await;
+    let home = app.client.get(app.url("/")).send().await.unwrap();
+    let asks = [
+        ("/no-such-page", None, &KO, "ko"),
+        ("/no-such-page?lang=en", None, &EN, "en"),
+        (
+            "/no/such/page",
+            Some(("accept-language", "en-GB,en;q=0.9")),
+            &EN,
+            "en",
+        ),
+        ("/no-such-page", Some(("cookie", "lang=en")), &EN, "en"),
+    ];
+    for (path, header, t, lang) in asks {
+        let mut request = app.client.get(app.url(path));
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert_eq!(r.headers()["content-language"], lang, "{path}");
+        for name in [
+            "content-security-policy",
+            "x-content-type-options",
+            "x-frame-options",
+            "referrer-policy",
+        ] {
+            assert_eq!(
+                r.headers().get(name),
+                home.headers().get(name),
+                "{path}: {name}"
+            );
+        }
+        let html = r.text().await.unwrap();
+        assert!(html.contains(&format!("<html lang=\"{lang}\">")), "{path}");
+        assert!(
+            html.contains(t.not_found_title) && html.contains(t.not_found_body),
+            "{path}"
+        );
+    }
+
+    // Machine clients keep the API's JSON.
+    for path in [
+        "/api/v1/no-such-thing",
+        "/api",
+        "/healthz/no-such-thing",
+        // Served on a listener of its own here.
+        "/metrics",
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "not_found", "{path}");
+    }
+    // Still counted as unmatched (the recorder is shared by the tests running alongside).
+    assert!(unmatched_gets(&app).await >= unmatched_before + 8);
+    app.stop().await;
+}
+
+/// `GET`s that matched no route, as the metrics count them.
+async fn unmatched_gets(app: &TestApp) -> u64 {
+    const SERIES: &str =
+        r#"reliefline_http_requests_total{route="unmatched",method="GET",status="404"} "#;
+    let metrics = app.metrics_text().await;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(SERIES))
+        .map_or(0, |count| count.trim().parse().unwrap())
 }
 
 // ---- the feed and the caches ---------------------------------------------------------------
@@ -952,6 +1157,7 @@ on_both_backends!(
     field_errors_are_shown_next_to_their_fields,
     a_busy_service_returns_the_form_with_everything_typed,
     a_rate_limited_form_comes_back_with_429_and_the_wait,
+    switching_language_on_a_returned_form_keeps_what_was_typed,
     a_post_without_a_valid_token_is_refused_and_stores_nothing,
     pages_carry_security_headers_and_lookups_are_never_stored,
     the_atom_feed_lists_every_update,
