@@ -157,6 +157,7 @@ pub struct IntakeConfig {
     pub batch_wait_ms: u64,
     pub incident_batch_wait_ms: u64,
     pub postgres_writers: usize,
+    pub max_queue_delay_ms: u64,
     pub idempotency_cache_entries: u64,
     pub idempotency_cache_ttl_secs: u64,
     pub overload_retry_after_secs: u64,
@@ -328,6 +329,9 @@ impl Config {
         }
         if intake.batch_max > 10_000 {
             return bad("intake.batch_max", "must be at most 10000");
+        }
+        if intake.max_queue_delay_ms > 60_000 {
+            return bad("intake.max_queue_delay_ms", "must be at most 60000");
         }
         if intake.batch_wait_ms > 1_000 || intake.incident_batch_wait_ms > 1_000 {
             return bad(
