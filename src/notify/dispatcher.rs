@@ -35,6 +35,9 @@ use crate::telemetry::names;
 /// Most outcomes recorded in one transaction.
 const RECORD_GROUP_MAX: usize = 256;
 
+/// How long the recorder waits for more outcomes to join a group before committing it.
+const RECORD_LINGER: Duration = Duration::from_millis(20);
+
 /// Tries at recording one group of outcomes, and the wait before the first retry (then longer).
 const RECORD_ATTEMPTS: u32 = 5;
 const RECORD_RETRY_WAIT: Duration = Duration::from_millis(200);
@@ -301,6 +304,18 @@ impl Dispatcher {
     async fn recorder(self: Arc<Self>, mut finished: mpsc::Receiver<Finished>) {
         let mut group = Vec::with_capacity(RECORD_GROUP_MAX);
         while finished.recv_many(&mut group, RECORD_GROUP_MAX).await > 0 {
+            // Let a few more finish before committing: every commit is a write to the log (an
+            // fsync on SQLite), and recording a handful at a time would keep the single writer
+            // too busy to claim. A lease lasts far longer than this wait.
+            let linger = tokio::time::sleep(RECORD_LINGER);
+            tokio::pin!(linger);
+            while group.len() < RECORD_GROUP_MAX {
+                let room = RECORD_GROUP_MAX - group.len();
+                tokio::select! {
+                    got = finished.recv_many(&mut group, room) => if got == 0 { break },
+                    () = &mut linger => break,
+                }
+            }
             let mut round = Round::default();
             let mut attempt = 0;
             // A failed commit is retried while the leases hold; after that the messages are due

@@ -45,10 +45,12 @@ impl SqliteStore {
             .busy_timeout(config.busy_timeout())
             .foreign_keys(true)
             .pragma("temp_store", "memory");
+        // The writer keeps 32 MiB of pages (SQLite's default is 2 MiB): claims and outcome
+        // updates revisit the outbox rows it has just written, which then need no reads.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(config.acquire_timeout())
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("cache_size", "-32768"))
             .await
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
         let reader = SqlitePoolOptions::new()

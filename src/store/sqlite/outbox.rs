@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 
-use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::SqliteStore;
@@ -11,44 +10,45 @@ use crate::store::outbox::{OutcomeRow, impl_outbox_store, sql};
 
 impl_outbox_store!(SqliteStore, read: reader, write: writer, claim: sql::CLAIM_SQLITE);
 
-/// Outcomes per statement: six parameters each, well under SQLite's limit.
-const RECORD_CHUNK: usize = 1_000;
+/// A group of outcomes arrives as one JSON array of `[id as hex, state, next_at, error,
+/// gateway_ref, sent_at]` rows: the statement text is the same for every group size, so it is
+/// prepared once and cached, where a `VALUES` list would be parsed and planned anew each time.
+const RECORD: &str = concat!(
+    "WITH v(mid, state, next_at, error, gateway_ref, sent_at) AS (SELECT unhex(value ->> 0), \
+     value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?1)) ",
+    sql::record_set!("?2", "?3")
+);
 
 impl SqliteStore {
-    /// Record a group of outcomes with one `UPDATE … FROM (VALUES …)` per chunk, in one
-    /// transaction; the ids `owner` still held.
+    /// Record a group of outcomes with one statement; the ids `owner` still held.
     async fn record_group(
         &self,
         owner: &str,
         rows: &[OutcomeRow],
         now_ms: i64,
     ) -> StoreResult<HashSet<Uuid>> {
-        let mut recorded = HashSet::with_capacity(rows.len());
-        let mut tx = self.writer.begin().await.map_err(Self::error)?;
-        for chunk in rows.chunks(RECORD_CHUNK) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "WITH v(mid, state, next_at, error, gateway_ref, sent_at) AS (",
-            );
-            q.push_values(chunk, |mut row, r| {
-                row.push_bind(r.id)
-                    .push_bind(r.state.as_ref())
-                    .push_bind(r.next_attempt_at)
-                    .push_bind(r.error.as_deref())
-                    .push_bind(r.gateway_ref.as_deref())
-                    .push_bind(r.sent_at);
-            });
-            q.push(") ");
-            q.push(sql::record_set!("?", "?"));
-            let ids: Vec<Uuid> = q
-                .build_query_scalar()
-                .bind(now_ms)
-                .bind(owner)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(Self::error)?;
-            recorded.extend(ids);
-        }
-        tx.commit().await.map_err(Self::error)?;
-        Ok(recorded)
+        let group: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.id.simple().to_string(),
+                    r.state.as_ref(),
+                    r.next_attempt_at,
+                    r.error.as_deref(),
+                    r.gateway_ref.as_deref(),
+                    r.sent_at,
+                )
+            })
+            .collect();
+        let group =
+            serde_json::to_string(&group).map_err(|e| crate::store::StoreError::Other(e.into()))?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(RECORD)
+            .bind(group)
+            .bind(now_ms)
+            .bind(owner)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(Self::error)?;
+        Ok(ids.into_iter().collect())
     }
 }
