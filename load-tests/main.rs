@@ -99,7 +99,6 @@ pub struct Common {
     /// Keep-alive connections of the closed-loop phases.
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// Connections of the open-loop overload phase (requests wait for a free one).
     /// Connections of the open-loop overload phase: enough that requests held by the store do
     /// not keep the others from being sent (a request waits for a free one).
     #[arg(long, default_value_t = 1024)]
