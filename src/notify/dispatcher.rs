@@ -79,6 +79,11 @@ impl Round {
                 self.dead += 1;
                 "dead"
             }
+            // Not an attempt: nothing to count as a notification outcome.
+            Outcome::Released => {
+                self.released += 1;
+                return;
+            }
         };
         metrics::counter!(
             names::NOTIFICATIONS,
@@ -104,17 +109,11 @@ pub struct Dispatcher {
     sms_limit: Option<DefaultDirectRateLimiter>,
 }
 
-enum Delivery {
-    Done(Outcome),
-    /// Not attempted: the dispatcher is stopping.
-    Skipped,
-}
-
 /// A claimed message after its delivery attempt, waiting to be recorded.
 struct Finished {
     id: Uuid,
     channel: MessageChannel,
-    delivery: Delivery,
+    outcome: Outcome,
 }
 
 impl Dispatcher {
@@ -176,18 +175,13 @@ impl Dispatcher {
             let (claimed, lease_until) = self.claim(channel).await?;
             round.claimed += claimed.len();
             let finished: Vec<Finished> = futures::stream::iter(claimed)
-                .map(|message| self.finish(message, lease_until, &shutdown))
+                .map(|message| self.deliver(message, lease_until, &shutdown))
                 .buffer_unordered(self.config.concurrency)
                 .collect()
                 .await;
             for group in finished.chunks(RECORD_GROUP_MAX) {
                 self.record(group, &mut round).await?;
             }
-        }
-        if round.released > 0 {
-            self.store
-                .release_all(&self.owner, self.clock.now())
-                .await?;
         }
         Ok(round)
     }
@@ -292,7 +286,7 @@ impl Dispatcher {
                 let outcomes = outcomes.clone();
                 let shutdown = shutdown.clone();
                 async move {
-                    let finished = this.finish(message, lease_until, &shutdown).await;
+                    let finished = this.deliver(message, lease_until, &shutdown).await;
                     // The recorder ends only after every lane; a send error cannot happen here.
                     drop(outcomes.send(finished).await);
                 }
@@ -333,64 +327,35 @@ impl Dispatcher {
         }
     }
 
+    /// Write the outcomes of `group` in one transaction and count them into `round`.
+    async fn record(&self, group: &[Finished], round: &mut Round) -> StoreResult<()> {
+        let outcomes: Vec<_> = group.iter().map(|f| (f.id, f.outcome.clone())).collect();
+        let recorded = self
+            .store
+            .record_outcomes(&self.owner, &outcomes, self.clock.now())
+            .await?;
+        for (finished, recorded) in group.iter().zip(recorded) {
+            if !recorded {
+                round.lost += 1;
+                tracing::warn!(message_id = %finished.id, "lease lapsed before the outcome was recorded");
+                continue;
+            }
+            round.count(&finished.outcome, finished.channel);
+        }
+        Ok(())
+    }
+
     /// Deliver one claimed message and decide its outcome.
-    async fn finish(
+    async fn deliver(
         &self,
         message: OutboxMessage,
         lease_until: Timestamp,
         shutdown: &CancellationToken,
     ) -> Finished {
-        let delivery = self.deliver(&message, lease_until, shutdown).await;
-        Finished {
-            id: message.id,
-            channel: message.channel,
-            delivery,
-        }
-    }
-
-    /// Write the outcomes of `group` in one transaction and count them into `round`.
-    async fn record(&self, group: &[Finished], round: &mut Round) -> StoreResult<()> {
-        let mut done = Vec::with_capacity(group.len());
-        let mut channels = Vec::with_capacity(group.len());
-        let mut released = 0;
-        for finished in group {
-            match &finished.delivery {
-                Delivery::Done(outcome) => {
-                    done.push((finished.id, outcome.clone()));
-                    channels.push(finished.channel);
-                }
-                Delivery::Skipped => released += 1,
-            }
-        }
-        let recorded = if done.is_empty() {
-            Vec::new()
-        } else {
-            self.store
-                .record_outcomes(&self.owner, &done, self.clock.now())
-                .await?
-        };
-        round.released += released;
-        for (((id, outcome), channel), recorded) in done.iter().zip(channels).zip(recorded) {
-            if !recorded {
-                round.lost += 1;
-                tracing::warn!(message_id = %id, "lease lapsed before the outcome was recorded");
-                continue;
-            }
-            round.count(outcome, channel);
-        }
-        Ok(())
-    }
-
-    async fn deliver(
-        &self,
-        message: &OutboxMessage,
-        lease_until: Timestamp,
-        shutdown: &CancellationToken,
-    ) -> Delivery {
-        let result = self.attempt(message, lease_until, shutdown).await;
+        let result = self.attempt(&message, lease_until, shutdown).await;
         let now = self.clock.now();
         let outcome = match result {
-            None => return Delivery::Skipped,
+            None => Outcome::Released,
             Some(Ok(delivered)) => Outcome::Sent {
                 gateway_ref: delivered.gateway_ref,
             },
@@ -414,7 +379,11 @@ impl Dispatcher {
                 }
             }
         };
-        Delivery::Done(outcome)
+        Finished {
+            id: message.id,
+            channel: message.channel,
+            outcome,
+        }
     }
 
     /// `None` when the send did not begin: the dispatcher is stopping, or the rate limit held

@@ -143,17 +143,29 @@ pub struct OutboxMessage {
 /// What became of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Sent { gateway_ref: Option<String> },
-    Retry { at: Timestamp, error: String },
-    Failed { error: String },
-    Dead { error: String },
+    Sent {
+        gateway_ref: Option<String>,
+    },
+    Retry {
+        at: Timestamp,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+    /// Not attempted (the dispatcher is stopping, or a rate limit held the message past half
+    /// its lease): pending and due again at once, the claim's attempt not counted.
+    Released,
 }
 
 impl Outcome {
     pub fn state(&self) -> MessageState {
         match self {
             Self::Sent { .. } => MessageState::Sent,
-            Self::Retry { .. } => MessageState::Pending,
+            Self::Retry { .. } | Self::Released => MessageState::Pending,
             Self::Failed { .. } => MessageState::Failed,
             Self::Dead { .. } => MessageState::Dead,
         }
@@ -253,13 +265,17 @@ pub(super) mod sql {
     pub const CLAIM_POSTGRES: &str = claim!(" FOR UPDATE SKIP LOCKED");
 
     /// What a recorded outcome sets, from the `v` rows of `(mid, state, next_at, error,
-    /// gateway_ref, sent_at)` each backend supplies; `$now` and `$owner` are its parameters.
+    /// gateway_ref, sent_at, released)` each backend supplies; `$now` and `$owner` are its
+    /// parameters. A released row gives back its attempt and keeps its last error.
     macro_rules! record_set {
         ($now:literal, $owner:literal) => {
             concat!(
                 "UPDATE outbox SET state = v.state, \
                  next_attempt_at = COALESCE(v.next_at, outbox.next_attempt_at), \
-                 last_error = v.error, gateway_ref = COALESCE(v.gateway_ref, outbox.gateway_ref), \
+                 attempts = CASE WHEN v.released = 1 AND outbox.attempts > 0 \
+                 THEN outbox.attempts - 1 ELSE outbox.attempts END, \
+                 last_error = CASE WHEN v.released = 1 THEN outbox.last_error ELSE v.error END, \
+                 gateway_ref = COALESCE(v.gateway_ref, outbox.gateway_ref), \
                  sent_at = v.sent_at, lease_owner = NULL, lease_until = NULL, updated_at = ",
                 $now,
                 " FROM v WHERE outbox.id = v.mid AND outbox.lease_owner = ",
@@ -360,6 +376,8 @@ pub(super) struct OutcomeRow {
     pub error: Option<String>,
     pub gateway_ref: Option<String>,
     pub sent_at: Option<i64>,
+    /// 1 for [`Outcome::Released`], else 0.
+    pub released: i32,
 }
 
 impl OutcomeRow {
@@ -375,6 +393,7 @@ impl OutcomeRow {
             Outcome::Failed { error } | Outcome::Dead { error } => {
                 (None, Some(clip_error(error)), None, None)
             }
+            Outcome::Released => (Some(now_ms), None, None, None),
         };
         Self {
             id,
@@ -383,6 +402,7 @@ impl OutcomeRow {
             error,
             gateway_ref,
             sent_at,
+            released: i32::from(*outcome == Outcome::Released),
         }
     }
 }

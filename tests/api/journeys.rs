@@ -41,12 +41,29 @@ impl Journey {
         })
     }
 
-    async fn post(&self, path: &str, body: &Value, staff: bool) -> reqwest::Response {
+    /// POST `body` as JSON (as the commander when `staff`), check the status, return the answer.
+    async fn post(&self, path: &str, body: &Value, staff: bool, status: u16) -> Value {
         let mut request = self.app.client.post(self.app.url(path)).json(body);
         if staff {
             request = request.bearer_auth(TOKEN);
         }
-        request.send().await.unwrap()
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "POST {path}");
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    /// GET a staff route's JSON answer.
+    async fn get_staff(&self, path: &str) -> Value {
+        self.app
+            .client
+            .get(self.app.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// Spooled SMS to `to`, oldest first.
@@ -126,13 +143,10 @@ async fn a_subscriber_follows_an_incident_from_confirmation_to_unsubscribe(backe
                             "en": "A fire at the Pangyo data centre interrupted the services."}
             }),
             true,
+            201,
         )
         .await;
-    assert_eq!(declared.status(), 201);
-    let incident = declared.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let incident = declared["id"].as_str().unwrap().to_owned();
 
     // Two people subscribe to the provider's notices: one by SMS in Korean (the phone typed
     // the way people type it), one by e-mail in English.
@@ -141,21 +155,17 @@ async fn a_subscriber_follows_an_incident_from_confirmation_to_unsubscribe(backe
             "/api/v1/subscriptions",
             &json!({"phone": "010-2222-3333", "provider": "Kakao", "lang": "ko"}),
             false,
+            202,
         )
         .await;
-    assert_eq!(by_sms.status(), 202);
-    let sms_subscription = by_sms.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let by_email = j
-        .post(
-            "/api/v1/subscriptions",
-            &json!({"email": "fan@example.kr", "provider": "Kakao", "lang": "en"}),
-            false,
-        )
-        .await;
-    assert_eq!(by_email.status(), 202);
+    let sms_subscription = by_sms["id"].as_str().unwrap().to_owned();
+    j.post(
+        "/api/v1/subscriptions",
+        &json!({"email": "fan@example.kr", "provider": "Kakao", "lang": "en"}),
+        false,
+        202,
+    )
+    .await;
 
     // Each gets exactly one confirmation; nothing else is sent before they confirm.
     eventually("both confirmation messages", || {
@@ -166,14 +176,13 @@ async fn a_subscriber_follows_an_incident_from_confirmation_to_unsubscribe(backe
     let text = sms["text"].as_str().unwrap();
     assert!(text.contains("확인 코드"), "{text}");
     let code = six_digit_code(text).expect("a six-digit code in the SMS");
-    let confirmed = j
-        .post(
-            "/api/v1/subscriptions/confirm",
-            &json!({"id": sms_subscription, "code": code}),
-            false,
-        )
-        .await;
-    assert_eq!(confirmed.status(), 200);
+    j.post(
+        "/api/v1/subscriptions/confirm",
+        &json!({"id": sms_subscription, "code": code}),
+        false,
+        200,
+    )
+    .await;
 
     let (_, email_text) = &j.emails_to("fan@example.kr")[0];
     assert!(
@@ -191,16 +200,15 @@ async fn a_subscriber_follows_an_incident_from_confirmation_to_unsubscribe(backe
     assert_eq!(opened.status(), 200, "{confirm_path}");
 
     // The commander posts an update: both receive the outage notice, in their language.
-    let posted = j
-        .post(
-            &format!("/api/v1/incidents/{incident}/updates"),
-            &json!({"status": "identified",
+    j.post(
+        &format!("/api/v1/incidents/{incident}/updates"),
+        &json!({"status": "identified",
                     "message": {"ko": "전원 설비 화재가 원인으로 확인되었습니다.",
                                 "en": "The cause is a fire in the power equipment."}}),
-            true,
-        )
-        .await;
-    assert_eq!(posted.status(), 201);
+        true,
+        201,
+    )
+    .await;
     eventually("the first notice on both channels", || {
         j.sms_to(PHONE_E164).len() == 2 && j.emails_to("fan@example.kr").len() == 2
     })
@@ -239,32 +247,21 @@ async fn a_subscriber_follows_an_incident_from_confirmation_to_unsubscribe(backe
     assert!(clicked.status().is_success(), "{}", clicked.status());
 
     // The next update reaches the SMS subscriber only.
-    let resolved = j
-        .post(
-            &format!("/api/v1/incidents/{incident}/updates"),
-            &json!({"status": "resolved",
+    j.post(
+        &format!("/api/v1/incidents/{incident}/updates"),
+        &json!({"status": "resolved",
                     "message": {"ko": "모든 서비스가 복구되었습니다.",
                                 "en": "Every service is back."}}),
-            true,
-        )
-        .await;
-    assert_eq!(resolved.status(), 201);
+        true,
+        201,
+    )
+    .await;
     eventually("the second notice by SMS", || {
         j.sms_to(PHONE_E164).len() == 3
     })
     .await;
     // The fan-out of that update is complete and every message of it was sent.
-    let detail: Value = j
-        .app
-        .client
-        .get(j.app.url(&format!("/api/v1/incidents/{incident}")))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail = j.get_staff(&format!("/api/v1/incidents/{incident}")).await;
     let last_update = detail["updates"]
         .as_array()
         .unwrap()
@@ -277,17 +274,7 @@ async fn a_subscriber_follows_an_incident_from_confirmation_to_unsubscribe(backe
     let delivery_path = format!("/api/v1/incidents/{incident}/updates/{last_update}/delivery");
     let mut delivery = Value::Null;
     for _ in 0..400 {
-        delivery = j
-            .app
-            .client
-            .get(j.app.url(&delivery_path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        delivery = j.get_staff(&delivery_path).await;
         if delivery["fanout"] == "done" && delivery["sent"] == 1 {
             break;
         }

@@ -12,9 +12,10 @@ impl_outbox_store!(PgStore, read: pool, write: pool, claim: sql::CLAIM_POSTGRES)
 
 /// A group of outcomes as column arrays, unnested into the `v` rows of the record statement.
 const RECORD: &str = concat!(
-    "WITH v(mid, state, next_at, error, gateway_ref, sent_at) AS (SELECT * FROM \
-     UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[])) ",
-    sql::record_set!("$7", "$8")
+    "WITH v(mid, state, next_at, error, gateway_ref, sent_at, released) AS (SELECT * FROM \
+     UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
+     $7::int4[])) ",
+    sql::record_set!("$8", "$9")
 );
 
 impl PgStore {
@@ -36,6 +37,7 @@ impl PgStore {
                     .collect::<Vec<_>>(),
             )
             .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.released).collect::<Vec<_>>())
             .bind(now_ms)
             .bind(owner)
             .fetch_all(&self.pool)

@@ -11,11 +11,12 @@ use crate::store::outbox::{OutcomeRow, impl_outbox_store, sql};
 impl_outbox_store!(SqliteStore, read: reader, write: writer, claim: sql::CLAIM_SQLITE);
 
 /// A group of outcomes arrives as one JSON array of `[id as hex, state, next_at, error,
-/// gateway_ref, sent_at]` rows: the statement text is the same for every group size, so it is
+/// gateway_ref, sent_at, released]` rows: the statement text is the same for every group size, so it is
 /// prepared once and cached, where a `VALUES` list would be parsed and planned anew each time.
 const RECORD: &str = concat!(
-    "WITH v(mid, state, next_at, error, gateway_ref, sent_at) AS (SELECT unhex(value ->> 0), \
-     value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?1)) ",
+    "WITH v(mid, state, next_at, error, gateway_ref, sent_at, released) AS (SELECT \
+     unhex(value ->> 0), value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+     value ->> 6 FROM json_each(?1)) ",
     sql::record_set!("?2", "?3")
 );
 
@@ -37,6 +38,7 @@ impl SqliteStore {
                     r.error.as_deref(),
                     r.gateway_ref.as_deref(),
                     r.sent_at,
+                    r.released,
                 )
             })
             .collect();
