@@ -27,8 +27,8 @@ use crate::{Common, Workspace, declare_incident, table, verdict};
 
 /// The provider the incident names and every seeded subscriber follows.
 const PROVIDER: &str = "Kakao";
-// Not all digits: the environment would read it as a number.
-const SENDER: &str = "1588-0000";
+/// A sender number as gateways register them, all digits (set through the environment).
+const SENDER: &str = "15880000";
 const FROM: &str = "noreply@reliefline.invalid";
 /// How often progress is sampled while the update is delivered.
 const POLL: Duration = Duration::from_millis(200);
