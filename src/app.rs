@@ -22,9 +22,21 @@ use crate::store::{self, DynStore};
 use crate::subscribe::FanoutWorker;
 use crate::web::Web;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one shared allocation, so the clone axum makes for each
+/// extractor and middleware is one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub config: Arc<Config>,
     pub store: DynStore,
     pub keys: Arc<Keys>,
@@ -42,7 +54,7 @@ pub struct AppState {
     pub web: Arc<Web>,
 }
 
-impl AppState {
+impl Shared {
     /// Why the service should not get traffic right now, beyond the store check.
     pub fn readiness_problems(&self) -> Vec<&'static str> {
         let batcher = self.intake.batcher();
@@ -133,7 +145,7 @@ impl App {
         let limiters = Limiters::new(&config.rate_limits)?;
         background.spawn(limiters.clone().run_pruner(background_shutdown.clone()));
         let web = Arc::new(Web::new(&config, incidents.mode()));
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             config: Arc::new(config),
             store,
             keys,
@@ -144,7 +156,7 @@ impl App {
             surge: incidents.surge().clone(),
             incidents,
             web,
-        };
+        }));
         Ok(Self {
             state,
             listener,

@@ -87,6 +87,53 @@ pub fn init_tracing(config: &LogConfig) {
     drop(result);
 }
 
+/// Look-ups answered by one cache so far. Every miss is exactly one load (callers that joined
+/// a load already running count as hits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Hits and misses of one cache: counted in the process (tests and benchmarks read them) and
+/// exported as `reliefline_cache_requests_total{cache, result}`. The two series are registered
+/// once, so a look-up costs two atomic additions, not a registry search.
+pub struct CacheTally {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    hit: metrics::Counter,
+    miss: metrics::Counter,
+}
+
+impl CacheTally {
+    /// `cache` is the value of the `cache` label.
+    pub fn new(cache: &'static str) -> Self {
+        Self {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            hit: metrics::counter!(names::CACHE_REQUESTS, "cache" => cache, "result" => "hit"),
+            miss: metrics::counter!(names::CACHE_REQUESTS, "cache" => cache, "result" => "miss"),
+        }
+    }
+
+    pub fn record(&self, missed: bool) {
+        if missed {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.miss.increment(1);
+        } else {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.hit.increment(1);
+        }
+    }
+
+    pub fn counts(&self) -> CacheCounts {
+        CacheCounts {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
 /// app in a process (several in tests) shares it.
 pub fn metrics_handle() -> PrometheusHandle {

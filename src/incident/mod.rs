@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 pub use auth::{AdminToken, Commander};
 pub use clock::{Clock, ManualClock};
-pub use mode::{Mode, ModeHandle, ModeOverride, ModeState};
+pub use mode::{Mode, ModeHandle, ModeLifetime, ModeOverride, ModeState};
 pub use reads::{CacheCounts, CacheName, IncidentDetail, OpenIncidents};
 pub use surge::SurgeDetector;
 

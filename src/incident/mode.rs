@@ -6,7 +6,9 @@
 //! [`ModeHandle::current`] on each use, or [`ModeHandle::subscribe`] to react to switches.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use moka::Expiry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -162,6 +164,33 @@ impl ModeHandle {
             .settings
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A cache entry lifetime that follows the mode in force when the entry is made: longer in
+/// incident mode, when reads are heaviest.
+pub struct ModeLifetime {
+    mode: ModeHandle,
+    normal: Duration,
+    incident: Duration,
+}
+
+impl ModeLifetime {
+    pub fn new(mode: &ModeHandle, normal: Duration, incident: Duration) -> Self {
+        Self {
+            mode: mode.clone(),
+            normal,
+            incident,
+        }
+    }
+}
+
+impl<K, V> Expiry<K, V> for ModeLifetime {
+    fn expire_after_create(&self, _key: &K, _value: &V, _created_at: Instant) -> Option<Duration> {
+        Some(match self.mode.current() {
+            Mode::Normal => self.normal,
+            Mode::Incident => self.incident,
+        })
     }
 }
 

@@ -10,19 +10,19 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use moka::Expiry;
 use moka::future::Cache;
 use uuid::Uuid;
 
-use super::mode::{Mode, ModeHandle};
+use super::mode::{ModeHandle, ModeLifetime};
 use super::model::StateFilter;
 use crate::http::ApiError;
 use crate::http::error::STORE_RETRY_AFTER;
 use crate::store::{Incident, IncidentRecord, StoreError, StoreResult};
-use crate::telemetry::names;
+pub use crate::telemetry::CacheCounts;
+use crate::telemetry::CacheTally;
 
 /// Per-incident entries kept at most; unknown ids are cached too, so this bounds the memory a
 /// flood of made-up ids can take.
@@ -49,14 +49,6 @@ impl CacheName {
     }
 }
 
-/// Look-ups answered by one cache so far. Every miss is exactly one store load (callers that
-/// joined a load already running count as hits).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheCounts {
-    pub hits: u64,
-    pub misses: u64,
-}
-
 /// The open incidents, with the JSON array `GET /api/v1/status` serves, rendered once per load.
 #[derive(Debug)]
 pub struct OpenIncidents {
@@ -76,32 +68,12 @@ pub(super) struct ReadCaches {
     open: Cache<u64, Arc<OpenIncidents>>,
     lists: Cache<(u64, StateFilter), Arc<Vec<Incident>>>,
     details: Cache<(u64, Uuid), Option<Arc<IncidentDetail>>>,
-    counts: [(AtomicU64, AtomicU64); 3],
-}
-
-/// Entry lifetime by the mode in force at load time.
-struct ModeLifetime {
-    mode: ModeHandle,
-    normal: Duration,
-    incident: Duration,
-}
-
-impl<K, V> Expiry<K, V> for ModeLifetime {
-    fn expire_after_create(&self, _key: &K, _value: &V, _created_at: Instant) -> Option<Duration> {
-        Some(match self.mode.current() {
-            Mode::Normal => self.normal,
-            Mode::Incident => self.incident,
-        })
-    }
+    tallies: [CacheTally; 3],
 }
 
 impl ReadCaches {
     pub(super) fn new(mode: &ModeHandle, normal: Duration, incident: Duration) -> Self {
-        let lifetime = || ModeLifetime {
-            mode: mode.clone(),
-            normal,
-            incident,
-        };
+        let lifetime = || ModeLifetime::new(mode, normal, incident);
         Self {
             generation: AtomicU64::new(0),
             // One live key each (the current generation, per filter); older generations expire.
@@ -117,7 +89,12 @@ impl ReadCaches {
                 .max_capacity(DETAIL_CAPACITY)
                 .expire_after(lifetime())
                 .build(),
-            counts: Default::default(),
+            tallies: [
+                CacheName::Status,
+                CacheName::IncidentList,
+                CacheName::Incident,
+            ]
+            .map(|name| CacheTally::new(name.label())),
         }
     }
 
@@ -130,11 +107,7 @@ impl ReadCaches {
     }
 
     pub(super) fn counts(&self, cache: CacheName) -> CacheCounts {
-        let (hits, misses) = &self.counts[cache as usize];
-        CacheCounts {
-            hits: hits.load(Ordering::Relaxed),
-            misses: misses.load(Ordering::Relaxed),
-        }
+        self.tallies[cache as usize].counts()
     }
 
     pub(super) async fn open<F>(&self, load: F) -> Result<Arc<OpenIncidents>, ApiError>
@@ -194,15 +167,7 @@ impl ReadCaches {
                 load.await
             })
             .await;
-        let missed = loaded.load(Ordering::Relaxed);
-        let (hits, misses) = &self.counts[name as usize];
-        if missed { misses } else { hits }.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            names::CACHE_REQUESTS,
-            "cache" => name.label(),
-            "result" => if missed { "miss" } else { "hit" }
-        )
-        .increment(1);
+        self.tallies[name as usize].record(loaded.load(Ordering::Relaxed));
         result.map_err(|e| load_failed(&e))
     }
 }

@@ -11,16 +11,16 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use moka::Expiry;
+use bytes::Bytes;
 use moka::future::Cache;
 
 use super::i18n::Lang;
 use crate::http::ApiError;
-use crate::incident::{Mode, ModeHandle};
-use crate::telemetry::names;
+use crate::incident::{ModeHandle, ModeLifetime};
+use crate::telemetry::{CacheCounts, CacheTally};
 
 /// The page caches, named as in the `cache` label of `reliefline_cache_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,6 +53,8 @@ pub enum Slot {
 pub struct Page {
     parts: Vec<String>,
     slots: Vec<Slot>,
+    /// The page as sent when it has no slots: each answer shares these bytes, uncopied.
+    whole: Option<Bytes>,
     /// The data the page was rendered from; keeps the key's address from being reused.
     _source: Arc<dyn Any + Send + Sync>,
 }
@@ -83,15 +85,22 @@ impl Page {
             slots.push(slot);
             rest = &rest[at + len..];
         }
+        let whole = slots
+            .is_empty()
+            .then(|| Bytes::from(parts.concat().into_bytes()));
         Self {
             parts,
             slots,
+            whole,
             _source: source,
         }
     }
 
     /// The page with this request's values in its slots.
-    pub fn fill(&self, csrf: &str, idempotency_key: &str) -> String {
+    pub fn fill(&self, csrf: &str, idempotency_key: &str) -> Bytes {
+        if let Some(whole) = &self.whole {
+            return whole.clone();
+        }
         let mut out =
             String::with_capacity(self.parts.iter().map(String::len).sum::<usize>() + 128);
         for (i, part) in self.parts.iter().enumerate() {
@@ -102,7 +111,7 @@ impl Page {
                 None => {}
             }
         }
-        out
+        Bytes::from(out.into_bytes())
     }
 }
 
@@ -125,34 +134,12 @@ impl Markers {
     }
 }
 
-/// Look-ups answered by one page cache so far; every miss is one rendering.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PageCounts {
-    pub hits: u64,
-    pub misses: u64,
-}
-
 type Key = (PageCacheName, Lang, usize, usize);
 
 pub struct PageCache {
     pages: Cache<Key, Arc<Page>>,
-    counts: [(AtomicU64, AtomicU64); 4],
+    tallies: [CacheTally; 4],
     markers: Markers,
-}
-
-struct ModeLifetime {
-    mode: ModeHandle,
-    normal: Duration,
-    incident: Duration,
-}
-
-impl<K, V> Expiry<K, V> for ModeLifetime {
-    fn expire_after_create(&self, _key: &K, _value: &V, _created_at: Instant) -> Option<Duration> {
-        Some(match self.mode.current() {
-            Mode::Normal => self.normal,
-            Mode::Incident => self.incident,
-        })
-    }
 }
 
 /// Rendered pages kept at most: a few pages per language, plus one form per incident
@@ -164,13 +151,15 @@ impl PageCache {
         Self {
             pages: Cache::builder()
                 .max_capacity(CAPACITY)
-                .expire_after(ModeLifetime {
-                    mode: mode.clone(),
-                    normal,
-                    incident,
-                })
+                .expire_after(ModeLifetime::new(mode, normal, incident))
                 .build(),
-            counts: Default::default(),
+            tallies: [
+                PageCacheName::Home,
+                PageCacheName::Status,
+                PageCacheName::ReportForm,
+                PageCacheName::Feed,
+            ]
+            .map(|name| CacheTally::new(name.label())),
             markers: Markers::new(),
         }
     }
@@ -179,12 +168,8 @@ impl PageCache {
         &self.markers
     }
 
-    pub fn counts(&self, name: PageCacheName) -> PageCounts {
-        let (hits, misses) = &self.counts[name as usize];
-        PageCounts {
-            hits: hits.load(Ordering::Relaxed),
-            misses: misses.load(Ordering::Relaxed),
-        }
+    pub fn counts(&self, name: PageCacheName) -> CacheCounts {
+        self.tallies[name as usize].counts()
     }
 
     /// The page `name` in `lang` for the data `sources`, rendered by `render` when not cached.
@@ -210,15 +195,7 @@ impl PageCache {
                 Ok::<_, askama::Error>(Arc::new(Page::cut(&html, markers, keep)))
             })
             .await;
-        let missed = loaded.load(Ordering::Relaxed);
-        let (hits, misses) = &self.counts[name as usize];
-        if missed { misses } else { hits }.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            names::CACHE_REQUESTS,
-            "cache" => name.label(),
-            "result" => if missed { "miss" } else { "hit" }
-        )
-        .increment(1);
+        self.tallies[name as usize].record(loaded.load(Ordering::Relaxed));
         result.map_err(|e| ApiError::Internal(anyhow::anyhow!("rendering a page: {e}")))
     }
 }
@@ -231,6 +208,7 @@ pub fn identity<T: ?Sized>(data: &Arc<T>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn slots_are_filled_per_request() {
@@ -282,7 +260,7 @@ mod tests {
         assert_eq!(renders.load(Ordering::Relaxed), 3);
         assert_eq!(
             cache.counts(PageCacheName::Status),
-            PageCounts { hits: 4, misses: 3 }
+            CacheCounts { hits: 4, misses: 3 }
         );
     }
 }

@@ -108,7 +108,7 @@ pub async fn atom(
     }
 }
 
-async fn feed(state: &AppState, lang: Lang) -> Result<String, ApiError> {
+async fn feed(state: &AppState, lang: Lang) -> Result<bytes::Bytes, ApiError> {
     let open = state.incidents.open_incidents().await?;
     let resolved = state.incidents.list(StateFilter::Resolved).await?;
     let key = (identity(&open), identity(&resolved));

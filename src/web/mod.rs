@@ -20,8 +20,9 @@ use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 
-pub use cache::{PageCache, PageCacheName, PageCounts};
+pub use cache::{PageCache, PageCacheName};
 pub use i18n::Lang;
 
 use crate::app::AppState;
@@ -62,7 +63,7 @@ impl Web {
     }
 
     /// Hits and misses of one page cache in this process; each miss is one rendering.
-    pub fn cache_counts(&self, name: PageCacheName) -> PageCounts {
+    pub fn cache_counts(&self, name: PageCacheName) -> crate::telemetry::CacheCounts {
         self.pages.counts(name)
     }
 }
@@ -117,7 +118,7 @@ pub enum Caching {
 /// An HTML answer with the headers every page carries.
 pub struct Html {
     pub status: StatusCode,
-    pub body: String,
+    pub body: Bytes,
     pub lang: Lang,
     pub caching: Caching,
     pub set_cookies: Vec<HeaderValue>,
@@ -125,10 +126,10 @@ pub struct Html {
 }
 
 impl Html {
-    pub fn new(body: String, lang: Lang, caching: Caching) -> Self {
+    pub fn new(body: impl Into<Bytes>, lang: Lang, caching: Caching) -> Self {
         Self {
             status: StatusCode::OK,
-            body,
+            body: body.into(),
             lang,
             caching,
             set_cookies: Vec::new(),

@@ -28,10 +28,14 @@ use crate::intake::{FieldErrors, IdempotencyKey, SubmitError, ValidReport, idemp
 /// Largest form body accepted (the API's limit on a report).
 const MAX_FORM_BYTES: usize = crate::intake::MAX_REPORT_BYTES;
 
-/// The name of the language switch on a form sent back after a post (`base.html`): a submit
-/// button whose value is the other language. A post carrying it shows the form again in that
-/// language with everything typed, and submits nothing.
+/// The name of the language switch on a form page (`base.html`): a submit button whose value
+/// is the other language. A post carrying it shows the form again in that language with
+/// everything typed, and submits nothing.
 const SWITCH_FIELD: &str = "switch_lang";
+
+/// A hidden field on a form that was submitted and checked: a language switch from it shows the
+/// findings again in the new language. A form not yet submitted switches without findings.
+const CHECKED_FIELD: &str = "checked";
 
 /// What every page's frame shows.
 pub struct Chrome {
@@ -60,8 +64,8 @@ impl Chrome {
         }
     }
 
-    /// On a form sent back with what the person typed, a link to the other language would
-    /// lose it: the switch re-posts form `form_id` instead ([`SWITCH_FIELD`]).
+    /// On a form page a link to the other language would lose what the person typed: the
+    /// switch re-posts form `form_id` instead ([`SWITCH_FIELD`]).
     fn reposting(self, form_id: &'static str) -> Self {
         Self {
             switch_form: Some(form_id),
@@ -124,7 +128,7 @@ impl PageRequest {
         field(&self.query, name)
     }
 
-    fn html(&self, body: String, caching: Caching) -> Html {
+    fn html(&self, body: impl Into<bytes::Bytes>, caching: Caching) -> Html {
         Html::new(body, self.lang, caching).cookie(self.lang_cookie.clone())
     }
 }
@@ -168,6 +172,8 @@ struct ReportPage<'a> {
     services: &'a [String],
     form: &'a ReportForm,
     errors: PageErrors,
+    /// Submitted and checked: [`CHECKED_FIELD`] goes with the form.
+    checked: bool,
     reporter_types: Vec<Choice>,
     harm_types: Vec<Choice>,
     busy_secs: Option<u64>,
@@ -221,6 +227,8 @@ struct LookupPage<'a> {
     contact: &'a str,
     receipt_error: Option<&'static str>,
     contact_error: Option<&'static str>,
+    /// Submitted and checked: [`CHECKED_FIELD`] goes with the form.
+    checked: bool,
 }
 
 /// A page that failed to render or load is a fault on our side, shown as such.
@@ -424,8 +432,8 @@ const HARM_TYPES: [HarmType; 6] = [
 struct FormState<'a> {
     lang: Lang,
     incident: Option<&'a IncidentDetail>,
-    /// The form comes back after a post, filled in as typed.
-    posted: bool,
+    /// The form was submitted and checked (its findings, if any, are shown).
+    checked: bool,
     errors: PageErrors,
     busy: Option<Duration>,
     notice: Option<&'static str>,
@@ -450,16 +458,13 @@ fn render_report(
         ),
         None => (t.report_title, "/report".to_owned()),
     };
-    let mut chrome = Chrome::new(lang, title, &path);
-    if state.posted {
-        chrome = chrome.reposting("report-form");
-    }
     ReportPage {
-        chrome,
+        chrome: Chrome::new(lang, title, &path).reposting("report-form"),
         incident,
         services,
         form,
         errors: state.errors.clone(),
+        checked: state.checked,
         reporter_types: choices(&REPORTER_TYPES, &form.reporter_type, |v| t.reporter_type(v)),
         harm_types: choices(&HARM_TYPES, &form.harm_type, |v| t.harm_type(v)),
         busy_secs: state.busy.map(|d| d.as_secs().max(1)),
@@ -492,7 +497,7 @@ pub async fn report_form(
                 let view = FormState {
                     lang,
                     incident: incident.as_deref(),
-                    posted: false,
+                    checked: false,
                     errors: PageErrors::new(),
                     busy: None,
                     notice: None,
@@ -545,6 +550,7 @@ pub async fn submit_report(
     let req = PageRequest::posted(&pairs, &headers);
     let lang = req.lang;
     let switching = field(&pairs, SWITCH_FIELD).is_some();
+    let was_checked = field(&pairs, CHECKED_FIELD).is_some();
     let form = ReportForm::from_pairs(pairs);
     if let Err(refusal) = csrf::check(
         &state.keys,
@@ -561,7 +567,7 @@ pub async fn submit_report(
     let mut view = FormState {
         lang,
         incident: incident.as_deref(),
-        posted: true,
+        checked: true,
         errors: PageErrors::new(),
         busy: None,
         notice: None,
@@ -586,8 +592,13 @@ pub async fn submit_report(
         }
     };
 
-    // Switching language submits nothing, so it spends none of the submission allowance. The
-    // findings, if any, are shown again in the new language: often why the person switched.
+    // Switching language submits nothing, so it spends none of the submission allowance. On a
+    // form already submitted, the findings are shown again in the new language: often why the
+    // person switched. A form not yet submitted has no findings to show.
+    if switching && !was_checked {
+        view.checked = false;
+        return again(&view, &form, StatusCode::OK);
+    }
     if switching {
         return match ValidReport::from_json(&form.to_json(), Utc::now()) {
             Ok(_) => again(&view, &form, StatusCode::OK),
@@ -665,18 +676,14 @@ fn invalid<'a>(
 
 // ---- lookup ----------------------------------------------------------------------------
 
-/// The answer to a lookup post. While the form is on the page, its language switch re-posts
-/// what was typed.
+/// The answer to a lookup post.
 fn lookup_page(
     req: &PageRequest,
-    mut page: LookupPage<'_>,
+    page: &LookupPage<'_>,
     status: StatusCode,
     busy: Option<Duration>,
 ) -> Response {
-    if page.result.is_none() {
-        page.chrome = page.chrome.reposting("lookup-form");
-    }
-    match render(&page) {
+    match render(page) {
         Ok(body) => {
             let mut html = req.html(body, Caching::NoStore).status(status);
             html.retry_after = busy;
@@ -686,9 +693,11 @@ fn lookup_page(
     }
 }
 
+/// The lookup form, blank. Its language switch re-posts what was typed; a page showing a
+/// result has no form, and links.
 fn empty_lookup<'a>(lang: Lang, csrf: &'a str) -> LookupPage<'a> {
     LookupPage {
-        chrome: Chrome::new(lang, lang.text().lookup_title, "/lookup"),
+        chrome: Chrome::new(lang, lang.text().lookup_title, "/lookup").reposting("lookup-form"),
         result: None,
         not_found: false,
         busy_secs: None,
@@ -697,6 +706,7 @@ fn empty_lookup<'a>(lang: Lang, csrf: &'a str) -> LookupPage<'a> {
         contact: "",
         receipt_error: None,
         contact_error: None,
+        checked: false,
     }
 }
 
@@ -735,6 +745,7 @@ pub async fn lookup(
     let lang = req.lang;
     let t = lang.text();
     let switching = field(&pairs, SWITCH_FIELD).is_some();
+    let was_checked = field(&pairs, CHECKED_FIELD).is_some();
     let value = |name: &str| field(&pairs, name).unwrap_or_default();
     if let Err(refusal) = csrf::check(
         &state.keys,
@@ -749,44 +760,48 @@ pub async fn lookup(
     let mut page = LookupPage {
         receipt: receipt_text,
         contact: contact_text,
+        checked: !switching || was_checked,
         ..empty_lookup(lang, token)
     };
     if !switching && let Err(limited) = state.limiters.check_lookup_ip(&client) {
         page.busy_secs = Some(limited.0.as_secs().max(1));
-        return lookup_page(&req, page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
+        return lookup_page(&req, &page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
     }
     let receipt = Receipt::parse(receipt_text);
     let contact = Contact::parse(contact_text);
     let (receipt, contact) = match (receipt, contact) {
         (Ok(r), Ok(c)) if !switching => (r, c),
-        // Unreadable, or a language switch: the form again, as typed.
+        // Unreadable, or a language switch: the form again, as typed, with its findings once
+        // it has been submitted.
         (r, c) => {
-            page.receipt_error = r.is_err().then_some(t.error_receipt);
-            page.contact_error = c.is_err().then_some(t.error_contact);
-            let status = if r.is_ok() && c.is_ok() {
+            if page.checked {
+                page.receipt_error = r.is_err().then_some(t.error_receipt);
+                page.contact_error = c.is_err().then_some(t.error_contact);
+            }
+            let status = if page.receipt_error.is_none() && page.contact_error.is_none() {
                 StatusCode::OK
             } else {
                 StatusCode::UNPROCESSABLE_ENTITY
             };
-            return lookup_page(&req, page, status, None);
+            return lookup_page(&req, &page, status, None);
         }
     };
     if let Err(limited) = state.limiters.check_lookup_receipt(&receipt) {
         page.busy_secs = Some(limited.0.as_secs().max(1));
-        return lookup_page(&req, page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
+        return lookup_page(&req, &page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
     }
     let report = match matching_report(&state, &receipt, &contact).await {
         Ok(report) => report,
         Err(e) if e.retry_after().is_some() => {
             let after = e.retry_after();
             page.busy_secs = after.map(|d| d.as_secs().max(1));
-            return lookup_page(&req, page, e.status(), after);
+            return lookup_page(&req, &page, e.status(), after);
         }
         Err(e) => return error_page(lang, &e),
     };
     let Some(report) = report else {
         page.not_found = true;
-        return lookup_page(&req, page, StatusCode::NOT_FOUND, None);
+        return lookup_page(&req, &page, StatusCode::NOT_FOUND, None);
     };
     let incident = match report.incident_id {
         Some(id) => state.incidents.detail(id).await.ok().map(|d| IncidentLink {
@@ -795,6 +810,8 @@ pub async fn lookup(
         }),
         None => None,
     };
+    // The result replaces the form: the language switch is a link again.
+    page.chrome.switch_form = None;
     page.result = Some(LookupResult {
         receipt: report.receipt.to_string(),
         status: t.report_status(report.status),
@@ -811,5 +828,5 @@ pub async fn lookup(
             .collect(),
         incident,
     });
-    lookup_page(&req, page, StatusCode::OK, None)
+    lookup_page(&req, &page, StatusCode::OK, None)
 }

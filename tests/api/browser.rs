@@ -205,6 +205,29 @@ async fn walk_through(browser: &Client, base: &str, incident: &str) -> Result<()
     css(browser, "#notify_sms").await.click().await.unwrap();
     css(browser, "#consent").await.click().await.unwrap();
     assert_eq!(value("#name").await, "홍길동");
+
+    // The language switch, before anything was submitted, keeps everything typed.
+    for lang in ["en", "ko"] {
+        css(browser, "#lang-switch").await.click().await.unwrap();
+        css(browser, &format!("html[lang={lang}] #report-form")).await;
+        assert_eq!(value("#name").await, "홍길동");
+        assert_eq!(value("#amount").await, "30000");
+        assert_eq!(value("#phone").await, "010-1234-5678");
+        assert_eq!(value("#harm_type").await, "service_unavailable");
+        assert!(css(browser, "#consent").await.is_selected().await.unwrap());
+        assert!(
+            css(browser, "#notify_sms")
+                .await
+                .is_selected()
+                .await
+                .unwrap()
+        );
+        let findings = browser.find_all(Locator::Css(".error")).await.unwrap();
+        assert!(
+            findings.is_empty(),
+            "no findings before the form was submitted"
+        );
+    }
     css(browser, "#submit").await.click().await.unwrap();
 
     // The receipt, in large type.

@@ -547,23 +547,49 @@ async fn a_rate_limited_form_comes_back_with_429_and_the_wait(backend: Backend) 
     app.stop().await;
 }
 
-async fn switching_language_on_a_returned_form_keeps_what_was_typed(backend: Backend) {
+async fn switching_language_on_a_form_keeps_what_was_typed(backend: Backend) {
     let Some(app) = spawn(backend, |_| {}).await else {
         return;
     };
     let client = browser();
     let (csrf, idem, html) = open_form(&app, &client, "/report").await;
+    // Even before the first submission the switch re-posts the form: a link would lose what
+    // was typed so far.
+    let switch = language_switch(&html);
     assert!(
-        language_switch(&html).starts_with("<a"),
-        "a blank form links to the other language"
+        switch.contains("form=\"report-form\"") && switch.contains("value=\"en\""),
+        "{switch}"
     );
+    assert!(!default_button(&html, "report-form").contains("switch_lang"));
+    assert_eq!(value_of(&html, "checked"), None);
     let mut form = filled_form(&csrf, &idem, "");
     form[12].1 = "12-34".into(); // the phone
     form.retain(|(name, _)| *name != "consent");
+    // Half typed, switched: the same form in English, nothing checked, nothing stored.
+    let mut half = form.clone();
+    half.push(("switch_lang", "en".into()));
+    let r = post_report(&app, &client, &half).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-language"], "en");
+    let html = r.text().await.unwrap();
+    assert!(html.contains("<html lang=\"en\">") && html.contains(EN.submit_report));
+    assert!(!html.contains(EN.form_has_errors) && !html.contains(EN.error_phone));
+    assert_filled_in(&html, &form);
+    assert_eq!(value_of(&html, "checked"), None);
+    assert!(language_switch(&html).contains("value=\"ko\""));
+    half.last_mut().unwrap().1 = "ko".into();
+    let r = post_report(&app, &client, &half).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-language"], "ko");
+    assert_eq!(count_reports(&app).await, 0);
+
     let r = post_report(&app, &client, &form).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let html = r.text().await.unwrap();
     assert!(html.contains(KO.error_phone) && html.contains(KO.error_consent));
+    // A submitted form says so, and a switch from it shows its findings again.
+    assert_eq!(value_of(&html, "checked").as_deref(), Some("1"));
+    form.push(("checked", "1".into()));
 
     // The switch re-posts the form it stands for instead of linking to a blank one; the
     // browser's own checks must not hold it back.
@@ -609,6 +635,7 @@ async fn switching_language_on_a_returned_form_keeps_what_was_typed(backend: Bac
 
     // A complete form is not submitted by the switch either.
     let mut complete = filled_form(&csrf, &idem, "");
+    complete.push(("checked", "1".into()));
     complete.push(("switch_lang", "ko".into()));
     let r = post_report(&app, &client, &complete).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -638,18 +665,31 @@ async fn switching_language_on_a_returned_form_keeps_what_was_typed(backend: Bac
             client.post(url).form(&pairs).send().await.unwrap()
         }
     };
+    let blank = client.get(app.url("/lookup?lang=ko")).send().await.unwrap();
+    let html = blank.text().await.unwrap();
+    assert!(language_switch(&html).contains("form=\"lookup-form\""));
     let typed = vec![("receipt", "HR-123"), ("contact", "010-1234-5678")];
+    // Switched before it was submitted: as typed, in English, without findings.
+    let r = lookup([typed.clone(), vec![("switch_lang", "en")]].concat()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let html = r.text().await.unwrap();
+    assert!(html.contains(EN.lookup_title) && !html.contains(EN.error_receipt));
+    assert_eq!(value_of(&html, "receipt").as_deref(), Some("HR-123"));
+    let r = lookup([typed.clone(), vec![("switch_lang", "ko")]].concat()).await;
+    assert_eq!(r.status(), StatusCode::OK);
     let r = lookup(typed.clone()).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let html = r.text().await.unwrap();
     assert!(html.contains(KO.error_receipt));
+    assert_eq!(value_of(&html, "checked").as_deref(), Some("1"));
     let switch = language_switch(&html);
     assert!(
         switch.contains("form=\"lookup-form\"") && switch.contains("value=\"en\""),
         "{switch}"
     );
     assert!(!default_button(&html, "lookup-form").contains("switch_lang"));
-    let r = lookup([typed.clone(), vec![("switch_lang", "en")]].concat()).await;
+    let checked = vec![("checked", "1"), ("switch_lang", "en")];
+    let r = lookup([typed.clone(), checked].concat()).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let html = r.text().await.unwrap();
     assert!(html.contains(EN.lookup_title) && html.contains(EN.error_receipt));
@@ -1157,7 +1197,7 @@ on_both_backends!(
     field_errors_are_shown_next_to_their_fields,
     a_busy_service_returns_the_form_with_everything_typed,
     a_rate_limited_form_comes_back_with_429_and_the_wait,
-    switching_language_on_a_returned_form_keeps_what_was_typed,
+    switching_language_on_a_form_keeps_what_was_typed,
     a_post_without_a_valid_token_is_refused_and_stores_nothing,
     pages_carry_security_headers_and_lookups_are_never_stored,
     the_atom_feed_lists_every_update,
