@@ -189,6 +189,19 @@ impl Tally {
         })
     }
 
+    /// `other` added to `so_far` (if any): counts, histograms and receipts; elapsed times
+    /// add up.
+    pub fn combined(so_far: Option<Self>, other: Self) -> anyhow::Result<Self> {
+        let Some(mut tally) = so_far else {
+            return Ok(other);
+        };
+        let (elapsed, scheduled) = (other.elapsed, other.scheduled);
+        tally.merge(other)?;
+        tally.elapsed += elapsed;
+        tally.scheduled += scheduled;
+        Ok(tally)
+    }
+
     fn merge(&mut self, other: Self) -> anyhow::Result<()> {
         self.ok.add(&other.ok)?;
         self.shed.add(&other.shed)?;

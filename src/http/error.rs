@@ -2,16 +2,14 @@
 //! `{"error": CODE, "message": TEXT, "fields"?: {PATH: TEXT}}`.
 //!
 //! Client mistakes are 4xx and name the problem. Server faults are opaque 5xx; their cause is
-//! attached to the response and logged once by [`log_server_errors`].
+//! attached to the response and logged once by [`log_server_error`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -170,25 +168,19 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Log the cause chain of a 5xx exactly once, with the request it belongs to.
-pub async fn log_server_errors(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let mut response = next.run(request).await;
+/// Log the cause chain of a 5xx exactly once, with the request it belongs to ([`track`]
+/// calls this for every routed request).
+///
+/// [`track`]: super::metrics::track
+pub fn log_server_error(response: &mut Response, method: &str, route: &str, request_id: &str) {
     if let Some(ServerErrorCause(cause)) = response.extensions_mut().remove::<ServerErrorCause>() {
         tracing::error!(
-            %method, route = %path, request_id, status = response.status().as_u16(),
-            error = format!("{cause:#}"), "request failed"
+            method,
+            route,
+            request_id,
+            status = response.status().as_u16(),
+            error = format!("{cause:#}"),
+            "request failed"
         );
     }
-    response
 }

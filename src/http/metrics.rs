@@ -12,6 +12,8 @@ use crate::telemetry::names;
 /// Label for requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
 
+/// Count and time every routed request, and log the cause of a 5xx once
+/// ([`super::error::log_server_error`]): one layer, so one boxed future per request.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -20,7 +22,10 @@ pub async fn track(request: Request, next: Next) -> Response {
         .map_or(UNMATCHED, MatchedPath::as_str)
         .to_owned();
     let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
+    let request_id = request.headers().get("x-request-id").cloned();
+    let mut response = next.run(request).await;
+    let id = request_id.as_ref().and_then(|v| v.to_str().ok());
+    super::error::log_server_error(&mut response, &method, &route, id.unwrap_or_default());
     record(route, method, response.status().as_u16(), started);
     response
 }

@@ -45,11 +45,7 @@ pub fn router(state: AppState) -> Router {
         routes = routes.merge(ops::metrics_router());
     }
     routes
-        .route_layer(
-            ServiceBuilder::new()
-                .layer(middleware::from_fn(metrics::track))
-                .layer(middleware::from_fn(error::log_server_errors)),
-        )
+        .route_layer(middleware::from_fn(metrics::track))
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()

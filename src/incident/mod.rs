@@ -16,7 +16,6 @@ pub mod views;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -366,12 +365,8 @@ impl Incidents {
                     .iter()
                     .map(views::IncidentView::with_latest)
                     .collect();
-                let status_json =
-                    Bytes::from(serde_json::to_vec(&views).map_err(anyhow::Error::from)?);
-                Ok(Arc::new(OpenIncidents {
-                    records,
-                    status_json,
-                }))
+                let json = serde_json::to_vec(&views).map_err(anyhow::Error::from)?;
+                Ok(Arc::new(OpenIncidents::new(records, &json)))
             })
             .await
     }

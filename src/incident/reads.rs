@@ -16,7 +16,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use uuid::Uuid;
 
-use super::mode::{ModeHandle, ModeLifetime};
+use super::mode::{Mode, ModeHandle, ModeLifetime};
 use super::model::StateFilter;
 use crate::http::ApiError;
 use crate::http::error::STORE_RETRY_AFTER;
@@ -49,11 +49,39 @@ impl CacheName {
     }
 }
 
-/// The open incidents, with the JSON array `GET /api/v1/status` serves, rendered once per load.
+/// The open incidents, with the body `GET /api/v1/status` serves in each mode, rendered once
+/// per load.
 #[derive(Debug)]
 pub struct OpenIncidents {
     pub records: Vec<IncidentRecord>,
-    pub status_json: Bytes,
+    status_bodies: [Bytes; 2],
+}
+
+impl OpenIncidents {
+    /// `incidents` is the JSON array of the incidents as the status answer shows them.
+    pub fn new(records: Vec<IncidentRecord>, incidents: &[u8]) -> Self {
+        let body = |mode: Mode| {
+            let mut body = Vec::with_capacity(incidents.len() + 40);
+            body.extend_from_slice(br#"{"mode":""#);
+            body.extend_from_slice(mode.as_ref().as_bytes());
+            body.extend_from_slice(br#"","incidents":"#);
+            body.extend_from_slice(incidents);
+            body.push(b'}');
+            Bytes::from(body)
+        };
+        Self {
+            records,
+            status_bodies: [body(Mode::Normal), body(Mode::Incident)],
+        }
+    }
+
+    /// The body of `GET /api/v1/status` in `mode`, shared, not copied.
+    pub fn status_body(&self, mode: Mode) -> Bytes {
+        match mode {
+            Mode::Normal => self.status_bodies[0].clone(),
+            Mode::Incident => self.status_bodies[1].clone(),
+        }
+    }
 }
 
 /// One incident as `GET /api/v1/incidents/{id}` shows it.
