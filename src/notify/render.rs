@@ -108,7 +108,10 @@ struct StatusPayload {
 struct IncidentPayload {
     incident_id: Uuid,
     update_id: Uuid,
+    /// Sent to a subscriber: the subscription, for its unsubscribe link.
     subscription_id: Option<Uuid>,
+    /// Sent to a reporter: the report, for its stop link.
+    report_id: Option<Uuid>,
 }
 
 #[derive(Deserialize)]
@@ -219,11 +222,8 @@ impl Renderer {
             }
             "subscription_confirm" => {
                 let p: SubscriptionPayload = payload(&message.payload, "subscription_confirm")?;
-                let token = self.keys.token("confirm", p.subscription_id);
-                let confirm_url = format!(
-                    "{base}/subscriptions/confirm?id={}&token={token}",
-                    p.subscription_id
-                );
+                let confirm_url =
+                    crate::subscribe::confirm_url(base, &self.keys, p.subscription_id);
                 self.render_template(
                     lang,
                     "subscription_confirm",
@@ -234,9 +234,18 @@ impl Renderer {
                 let p: IncidentPayload = payload(&message.payload, "incident_update")?;
                 let notice = self.notice(p.incident_id, p.update_id, lang).await?;
                 let mut rendered = Rendered::clone(&notice);
-                if let Some(subscription) = p.subscription_id {
-                    let token = self.keys.token("unsubscribe", subscription);
-                    let url = format!("{base}/unsubscribe/{subscription}/{token}");
+                let stop_url = match (p.subscription_id, p.report_id) {
+                    (Some(subscription), _) => Some(crate::subscribe::unsubscribe_url(
+                        base,
+                        &self.keys,
+                        subscription,
+                    )),
+                    (None, Some(report)) => {
+                        Some(crate::subscribe::stop_notices_url(base, &self.keys, report))
+                    }
+                    (None, None) => None,
+                };
+                if let Some(url) = stop_url {
                     let line = match lang {
                         Lang::Ko => format!("이 알림을 그만 받으려면: {url}"),
                         Lang::En => format!("To stop these notices: {url}"),
@@ -670,36 +679,52 @@ mod notice_tests {
             },
         )
         .unwrap();
-        let message = |lang: &str, subscription: Option<Uuid>| OutboxMessage {
-            id: Uuid::now_v7(),
-            channel: MessageChannel::Email,
-            template: "incident_update".into(),
-            lang: lang.into(),
-            recipient: Vec::new(),
-            payload: serde_json::json!({
-                "incident_id": incident_id, "update_id": update_id,
-                "subscription_id": subscription,
-            }),
-            source_kind: "incident_update".into(),
-            source_id: Some(update_id),
-            state: MessageState::Sending,
-            attempts: 1,
-            next_attempt_at: now,
-            last_error: None,
-            gateway_ref: None,
-            delivery_status: None,
-            created_at: now,
-            updated_at: now,
-            sent_at: None,
-        };
-        let first = renderer.render(&message("ko", None)).await.unwrap();
+        let message =
+            |lang: &str, subscription: Option<Uuid>, report: Option<Uuid>| OutboxMessage {
+                id: Uuid::now_v7(),
+                channel: MessageChannel::Email,
+                template: "incident_update".into(),
+                lang: lang.into(),
+                recipient: Vec::new(),
+                payload: serde_json::json!({
+                    "incident_id": incident_id, "update_id": update_id,
+                    "subscription_id": subscription, "report_id": report,
+                }),
+                source_kind: "incident_update".into(),
+                source_id: Some(update_id),
+                state: MessageState::Sending,
+                attempts: 1,
+                next_attempt_at: now,
+                last_error: None,
+                gateway_ref: None,
+                delivery_status: None,
+                created_at: now,
+                updated_at: now,
+                sent_at: None,
+            };
+        let first = renderer.render(&message("ko", None, None)).await.unwrap();
         assert!(first.text.contains("화재로 전원 차단"), "{}", first.text);
         // Without a phone, the contact is the status page.
         assert!(first.text.contains("https://relief.example.kr/status"));
+        assert!(first.unsubscribe_url.is_none());
+        // A reporter's notice carries the link that stops them (rendered from the cache: the
+        // store is closed).
+        let reporter = Uuid::now_v7();
+        let keys = Keys::from_master(&[7; 32]);
         store.close().await;
+        let to_reporter = renderer
+            .render(&message("ko", None, Some(reporter)))
+            .await
+            .unwrap();
+        let stop = format!(
+            "https://relief.example.kr/notices/stop/{reporter}/{}",
+            keys.token("stop-notices", reporter)
+        );
+        assert_eq!(to_reporter.unsubscribe_url.as_deref(), Some(stop.as_str()));
+        assert!(to_reporter.text.contains(&stop), "{}", to_reporter.text);
         let subscriber = Uuid::now_v7();
         let again = renderer
-            .render(&message("ko", Some(subscriber)))
+            .render(&message("ko", Some(subscriber), None))
             .await
             .unwrap();
         assert!(again.text.starts_with(&first.text));
@@ -709,7 +734,10 @@ mod notice_tests {
                 .unwrap()
                 .contains(&subscriber.to_string())
         );
-        let english = renderer.render(&message("en", None)).await.unwrap_err();
+        let english = renderer
+            .render(&message("en", None, None))
+            .await
+            .unwrap_err();
         assert!(english.is_transient(), "{english}");
     }
 }

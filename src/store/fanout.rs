@@ -9,7 +9,10 @@
 //! Recipients are never loaded into the process.
 //!
 //! A contact subscribed twice to the same update (to the incident and to its provider) gets it
-//! once; a reporter who also subscribed gets it as a subscriber only.
+//! once; a reporter who also subscribed gets it as a subscriber only; a contact that reported
+//! several times gets it by its first report, unless that report stopped the incident's notices.
+//! The contacts of the ranges done so far are kept in `fanout_contacts` until the job is done, so
+//! no step looks reports up by contact.
 //!
 //! Claiming the job (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas work on different jobs)
 //! and generating ids and JSON in SQL differ per backend: each backend passes its statements to
@@ -27,6 +30,10 @@ use super::{OutboxProgress, StoreResult, Timestamp};
 pub trait FanoutStore {
     /// Expand one batch of at most `batch_rows` recipients of the oldest unfinished fan-out.
     async fn fanout_step(&self, batch_rows: u32, now: Timestamp) -> StoreResult<FanoutStep>;
+
+    /// No more notices about its incident by report `report_id`: a contact's first report
+    /// decides for the contact (see `reporters_in_range`). Whether it changed anything.
+    async fn stop_incident_notices(&self, report_id: Uuid) -> StoreResult<bool>;
 
     /// How far the delivery of one update has got; `None` for an unknown update.
     async fn fanout_progress(
@@ -96,6 +103,9 @@ pub(super) mod sql {
     pub const FIND: &str =
         "SELECT state, enqueued FROM fanouts WHERE update_id = $1 AND incident_id = $2";
 
+    pub const STOP_NOTICES: &str =
+        "UPDATE reports SET incident_notices = FALSE WHERE id = $1 AND incident_notices";
+
     /// The condition a subscription meets to receive the update, on alias `$a`.
     macro_rules! in_scope {
         ($a:literal) => {
@@ -126,33 +136,47 @@ pub(super) mod sql {
         };
     }
 
-    /// The reporters of one range on one channel (`sms`/`phone` or `email`/`email`): once per
-    /// contact (the earliest report wins), and not when the contact subscribed on that channel.
-    macro_rules! reporters_in_range {
-        ($channel:literal, $contact:literal) => {
+    /// The reports of one range that ask for notices on one channel (`sms`/`phone` or
+    /// `email`/`email`) as `report_id, hmac, recipient, wanted`, with `nth` = 1 on the first
+    /// report of each contact in the range.
+    macro_rules! range_reports {
+        ($channel:literal, $contact:literal, $cursor:literal, $upper:literal) => {
             concat!(
-                "SELECT r.id AS report_id, '",
-                $channel,
-                "' AS channel, r.",
+                "SELECT r.id AS report_id, r.",
                 $contact,
-                "_enc AS recipient FROM reports r WHERE r.incident_id = $1 \
-                 AND r.id > $3 AND r.id <= $4 AND r.notify_",
+                "_hmac AS hmac, r.",
+                $contact,
+                "_enc AS recipient, r.incident_notices AS wanted, row_number() OVER \
+                 (PARTITION BY r.",
+                $contact,
+                "_hmac ORDER BY r.id) AS nth FROM reports r WHERE r.incident_id = $1 AND r.id > ",
+                $cursor,
+                " AND r.id <= ",
+                $upper,
+                " AND r.notify_",
                 $channel,
                 " AND r.",
                 $contact,
-                "_enc IS NOT NULL AND NOT EXISTS (SELECT 1 FROM reports e \
-                 WHERE e.incident_id = $1 AND e.",
-                $contact,
-                "_hmac = r.",
-                $contact,
-                "_hmac AND e.notify_",
+                "_enc IS NOT NULL"
+            )
+        };
+    }
+
+    /// The reporters of one range on one channel: once per contact, the contact's first report
+    /// deciding (earlier ranges' contacts are in `fanout_contacts`), none whose first report
+    /// stopped the incident's notices, and none that subscribed on that channel.
+    macro_rules! reporters_in_range {
+        ($channel:literal, $contact:literal) => {
+            concat!(
+                "SELECT x.report_id, '",
                 $channel,
-                " AND e.",
-                $contact,
-                "_enc IS NOT NULL AND e.id < r.id) AND NOT EXISTS (SELECT 1 FROM subscriptions o \
-                 WHERE o.contact_hmac = r.",
-                $contact,
-                "_hmac AND o.channel = '",
+                "' AS channel, x.recipient FROM (",
+                $crate::store::fanout::sql::range_reports!($channel, $contact, "$3", "$4"),
+                ") x WHERE x.nth = 1 AND x.wanted AND NOT EXISTS (SELECT 1 FROM fanout_contacts f \
+                 WHERE f.update_id = $5 AND f.channel = '",
+                $channel,
+                "' AND f.contact_hmac = x.hmac) AND NOT EXISTS (SELECT 1 FROM subscriptions o \
+                 WHERE o.contact_hmac = x.hmac AND o.channel = '",
                 $channel,
                 "' AND ",
                 $crate::store::fanout::sql::in_scope!("o"),
@@ -174,7 +198,23 @@ pub(super) mod sql {
         };
     }
 
-    pub(in crate::store) use {in_scope, reporters, reporters_in_range, subscriptions_in_range};
+    /// After a range is expanded, its contacts, so later ranges skip them: `$1` incident, `$2`
+    /// cursor, `$3` upper bound, `$4` update id.
+    pub const REMEMBER_CONTACTS: &str = concat!(
+        "INSERT INTO fanout_contacts (update_id, channel, contact_hmac) SELECT $4, channel, hmac \
+         FROM (SELECT 'sms' AS channel, hmac FROM (",
+        range_reports!("sms", "phone", "$2", "$3"),
+        ") p WHERE p.nth = 1 UNION ALL SELECT 'email', hmac FROM (",
+        range_reports!("email", "email", "$2", "$3"),
+        ") e WHERE e.nth = 1) c WHERE true ON CONFLICT DO NOTHING"
+    );
+
+    /// A finished fan-out's contacts are not needed any more.
+    pub const FORGET_CONTACTS: &str = "DELETE FROM fanout_contacts WHERE update_id = $1";
+
+    pub(in crate::store) use {
+        in_scope, range_reports, reporters, reporters_in_range, subscriptions_in_range,
+    };
 
     /// The outbox columns every expansion writes, in this order.
     macro_rules! outbox_columns {
@@ -265,6 +305,23 @@ macro_rules! impl_fanout_store {
                     .await
                     .map_err(Self::error)?
                     .rows_affected();
+                if job.subscriptions_done {
+                    sqlx::query(sql::REMEMBER_CONTACTS)
+                        .bind(job.incident_id)
+                        .bind(cursor)
+                        .bind(upper)
+                        .bind(job.update_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(Self::error)?;
+                    if last {
+                        sqlx::query(sql::FORGET_CONTACTS)
+                            .bind(job.update_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(Self::error)?;
+                    }
+                }
                 let advance = if job.subscriptions_done {
                     sql::ADVANCE_REPORTS
                 } else {
@@ -285,6 +342,20 @@ macro_rules! impl_fanout_store {
                     rows,
                     finished: last && job.subscriptions_done,
                 })
+            }
+
+            async fn stop_incident_notices(
+                &self,
+                report_id: uuid::Uuid,
+            ) -> $crate::store::StoreResult<bool> {
+                use $crate::store::fanout::sql;
+                let changed = sqlx::query(sql::STOP_NOTICES)
+                    .bind(report_id)
+                    .execute(&self.$write)
+                    .await
+                    .map_err(Self::error)?
+                    .rows_affected();
+                Ok(changed > 0)
             }
 
             async fn fanout_progress(

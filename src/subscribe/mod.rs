@@ -12,10 +12,12 @@
 //! - `POST /api/v1/subscriptions/confirm` `{"id", "code"|"token"}` and the e-mail link
 //!   `GET /subscriptions/confirm?id=&token=`.
 //! - `GET|POST /unsubscribe/{id}/{token}`: a confirmation page, and the RFC 8058 one-click POST.
+//! - `GET|POST /notices/stop/{report}/{token}`: the same for a reporter's incident notices (the
+//!   link goes with every incident update sent to a reporter).
 //! - `GET /api/v1/incidents/{id}/updates/{update_id}/delivery` (staff): fan-out progress.
 //!
-//! Tokens are recomputed from the subscription id ([`Keys::token`]) rather than stored; the code
-//! is stored only as a keyed hash bound to the id.
+//! Tokens are recomputed from the subscription or report id ([`Keys::token`]) rather than
+//! stored; the code is stored only as a keyed hash bound to the id.
 
 pub mod config;
 pub mod fanout;
@@ -56,6 +58,7 @@ const BODY_LIMIT: usize = 4 * 1024;
 
 /// Purposes of the per-subscription tokens (see [`Keys::token`]).
 pub const CONFIRM_TOKEN: &str = "confirm";
+pub const STOP_NOTICES_TOKEN: &str = "stop-notices";
 pub const UNSUBSCRIBE_TOKEN: &str = "unsubscribe";
 
 /// Outbox templates and source kinds this module writes.
@@ -70,6 +73,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/unsubscribe/{id}/{token}",
             get(unsubscribe_page).post(unsubscribe),
+        )
+        .route(
+            "/notices/stop/{id}/{token}",
+            get(stop_notices_page).post(stop_notices),
         )
         .route(
             "/api/v1/incidents/{id}/updates/{update_id}/delivery",
@@ -99,6 +106,16 @@ pub fn unsubscribe_url(base: &str, keys: &Keys, id: Uuid) -> String {
         "{}/unsubscribe/{id}/{}",
         base.trim_end_matches('/'),
         keys.token(UNSUBSCRIBE_TOKEN, id)
+    )
+}
+
+/// The link that stops a reporter's notices about the incident of report `id` (also the
+/// `List-Unsubscribe` target of those messages).
+pub fn stop_notices_url(base: &str, keys: &Keys, id: Uuid) -> String {
+    format!(
+        "{}/notices/stop/{id}/{}",
+        base.trim_end_matches('/'),
+        keys.token(STOP_NOTICES_TOKEN, id)
     )
 }
 
@@ -350,11 +367,11 @@ async fn confirm_link(
 
 // ---- unsubscribe -------------------------------------------------------------------------------
 
-/// The id of a subscription whose unsubscribe token is `token`.
-fn unsubscribe_target(state: &AppState, id: &str, token: &str) -> Option<Uuid> {
+/// The id whose token for `purpose` is `token`.
+fn link_target(state: &AppState, purpose: &str, id: &str, token: &str) -> Option<Uuid> {
     Uuid::try_parse(id)
         .ok()
-        .filter(|id| state.keys.token_matches(UNSUBSCRIBE_TOKEN, *id, token))
+        .filter(|id| state.keys.token_matches(purpose, *id, token))
 }
 
 /// Opening the link shows a button; only the POST unsubscribes, so a mail scanner that follows
@@ -363,7 +380,7 @@ async fn unsubscribe_page(
     State(state): State<AppState>,
     Path((id, token)): Path<(String, String)>,
 ) -> Response {
-    match unsubscribe_target(&state, &id, &token) {
+    match link_target(&state, UNSUBSCRIBE_TOKEN, &id, &token) {
         Some(id) => pages::unsubscribe_form(&format!("/unsubscribe/{id}/{token}")),
         None => pages::unknown_link(),
     }
@@ -375,7 +392,7 @@ async fn unsubscribe(
     State(state): State<AppState>,
     Path((id, token)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let Some(id) = unsubscribe_target(&state, &id, &token) else {
+    let Some(id) = link_target(&state, UNSUBSCRIBE_TOKEN, &id, &token) else {
         return Ok(pages::unknown_link());
     };
     if state.store.unsubscribe(id, state.clock.now()).await? {
@@ -383,6 +400,32 @@ async fn unsubscribe(
     }
     // Unsubscribing twice, or after the subscription expired, has the same result.
     Ok(pages::unsubscribed())
+}
+
+/// A reporter's stop link: a page with a button, as for a subscription.
+async fn stop_notices_page(
+    State(state): State<AppState>,
+    Path((id, token)): Path<(String, String)>,
+) -> Response {
+    match link_target(&state, STOP_NOTICES_TOKEN, &id, &token) {
+        Some(id) => pages::stop_notices_form(&format!("/notices/stop/{id}/{token}")),
+        None => pages::unknown_link(),
+    }
+}
+
+/// The button, or a mail client's RFC 8058 one-click POST: no more incident notices for this
+/// report's contact. Messages about the report itself are not affected.
+async fn stop_notices(
+    State(state): State<AppState>,
+    Path((id, token)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let Some(id) = link_target(&state, STOP_NOTICES_TOKEN, &id, &token) else {
+        return Ok(pages::unknown_link());
+    };
+    if state.store.stop_incident_notices(id).await? {
+        tracing::info!(report = %id, "incident notices stopped");
+    }
+    Ok(pages::notices_stopped())
 }
 
 // ---- delivery progress -------------------------------------------------------------------------

@@ -42,19 +42,27 @@ pub fn invalid_confirmation() -> Response {
     )
 }
 
-/// `action` is `/unsubscribe/{id}/{token}` with a parsed id and a token that matched, so it
-/// holds only hexadecimal digits, hyphens and slashes.
-pub fn unsubscribe_form(action: &str) -> Response {
+/// A page whose button makes the one-click `POST` to `action`: `/unsubscribe/…` or
+/// `/notices/stop/…` with a parsed id and a token that matched, so it holds only hexadecimal
+/// digits, hyphens and slashes.
+fn one_click_form(title: &str, intro: &str, action: &str) -> Response {
     page(
         StatusCode::OK,
-        "수신 거부 · Unsubscribe",
+        title,
         &format!(
-            "<p>이 구독의 장애 소식을 더 이상 받지 않으려면 아래 버튼을 누르세요.</p>\n\
-             <p lang=\"en\">Press the button to stop outage notices for this subscription.</p>\n\
-             <form method=\"post\" action=\"{action}\">\
+            "{intro}\n<form method=\"post\" action=\"{action}\">\
              <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
-             <button type=\"submit\">수신 거부 · Unsubscribe</button></form>"
+             <button type=\"submit\">{title}</button></form>"
         ),
+    )
+}
+
+pub fn unsubscribe_form(action: &str) -> Response {
+    one_click_form(
+        "수신 거부 · Unsubscribe",
+        "<p>이 구독의 장애 소식을 더 이상 받지 않으려면 아래 버튼을 누르세요.</p>\n\
+         <p lang=\"en\">Press the button to stop outage notices for this subscription.</p>",
+        action,
     )
 }
 
@@ -64,6 +72,28 @@ pub fn unsubscribed() -> Response {
         "수신 거부 완료 · Unsubscribed",
         "<p>이 구독으로는 더 이상 소식을 보내지 않습니다.</p>\n\
          <p lang=\"en\">You will receive no more notices from this subscription.</p>",
+    )
+}
+
+pub fn stop_notices_form(action: &str) -> Response {
+    one_click_form(
+        "알림 중단 · Stop notices",
+        "<p>이 장애에 대한 소식을 더 이상 받지 않으려면 아래 버튼을 누르세요. 신고하신 건의 \
+         처리 결과는 계속 알려 드립니다.</p>\n\
+         <p lang=\"en\">Press the button to stop notices about this outage. News about your \
+         own report will still reach you.</p>",
+        action,
+    )
+}
+
+pub fn notices_stopped() -> Response {
+    page(
+        StatusCode::OK,
+        "알림 중단 완료 · Notices stopped",
+        "<p>이 장애에 대한 소식을 더 이상 보내지 않습니다. 신고하신 건의 처리 결과는 계속 알려 \
+         드립니다.</p>\n\
+         <p lang=\"en\">You will receive no more notices about this outage. News about your \
+         own report will still reach you.</p>",
     )
 }
 

@@ -175,6 +175,18 @@ impl SubApp {
         body
     }
 
+    /// The RFC 8058 one-click `POST` a mail client sends to `path`.
+    async fn one_click(&self, path: &str) -> StatusCode {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
     fn worker(&self, batch_rows: u32) -> FanoutWorker {
         let mut fanout = self.state.config.fanout.clone();
         fanout.batch_rows = batch_rows;
@@ -434,6 +446,7 @@ on_both_backends!(
     each_contact_gets_few_confirmations_a_day,
     one_address_is_rate_limited,
     one_click_unsubscribe_stops_later_updates,
+    a_reporter_can_stop_the_notices_of_an_incident,
     unconfirmed_subscriptions_expire,
     fan_out_reaches_a_large_set_once_across_a_restart,
 );
@@ -865,15 +878,7 @@ async fn one_click_unsubscribe_stops_later_updates(backend: Backend) {
     assert_eq!(crossed.status(), StatusCode::NOT_FOUND);
 
     // RFC 8058: what a mail client sends.
-    let r = app
-        .client
-        .post(app.url(&path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("List-Unsubscribe=One-Click")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.one_click(&path).await, StatusCode::OK);
     assert_eq!(
         app.count(&format!(
             "SELECT count(*) FROM subscriptions WHERE id = {} AND state = 'unsubscribed'",
@@ -935,6 +940,89 @@ async fn one_click_unsubscribe_stops_later_updates(backend: Backend) {
     assert_eq!(progress["fanout"], "done");
     assert_eq!(progress["enqueued"], 1);
     assert_eq!(progress["queued"], 1);
+}
+
+async fn a_reporter_can_stop_the_notices_of_an_incident(backend: Backend) {
+    let Some(app) = SubApp::spawn(backend).await else {
+        return;
+    };
+    let incident = app.declare("Kakao").await;
+    app.worker(100).drain().await.unwrap();
+    // Three reporters asking for SMS notices; the first of them reported twice.
+    seed_reports(&app.db, backend, 21, 21, 3, incident, true, false).await;
+    seed_reports(&app.db, backend, 22, 21, 1, incident, true, false).await;
+    let report = |group: u32, i: u32| Uuid::parse_str(&format!("{group:08x}{i:024x}")).unwrap();
+    let (stops, again) = (report(21, 1), report(22, 1));
+    let reached = async |update: Uuid| -> Vec<String> {
+        let source = uuid_sql(backend, update);
+        let sql = format!("SELECT payload FROM outbox WHERE source_id = {source}");
+        let payloads = with_pool(
+            &app.db,
+            async |p| {
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone()))
+                    .fetch_all(&p)
+                    .await
+                    .unwrap()
+            },
+            async |p| {
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone()))
+                    .fetch_all(&p)
+                    .await
+                    .unwrap()
+            },
+        )
+        .await;
+        let mut reports: Vec<String> = payloads
+            .iter()
+            .map(|p| serde_json::from_str::<Value>(p).unwrap()["report_id"].to_string())
+            .collect();
+        reports.sort();
+        reports
+    };
+    // One report per step: the contact of the first report is remembered across steps.
+    let first = app.post_update(incident).await;
+    app.worker(1).drain().await.unwrap();
+    assert_eq!(app.count("SELECT count(*) FROM fanout_contacts").await, 0);
+    let everyone: Vec<String> = [stops, report(21, 2), report(21, 3)]
+        .iter()
+        .map(|id| format!("\"{id}\""))
+        .collect();
+    assert_eq!(reached(first).await, everyone);
+
+    let token = app.state.keys.token("stop-notices", stops);
+    let path = format!("/notices/stop/{stops}/{token}");
+    let page = app.client.get(app.url(&path)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains(&format!("action=\"{path}\""))
+    );
+    let forged = format!(
+        "/notices/stop/{stops}/{}",
+        app.state.keys.token("unsubscribe", stops)
+    );
+    for wrong in [forged, format!("/notices/stop/{again}/{token}")] {
+        let r = app.client.post(app.url(&wrong)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{wrong}");
+    }
+    let opted_out = "SELECT count(*) FROM reports WHERE NOT incident_notices";
+    assert_eq!(
+        app.count(opted_out).await,
+        0,
+        "nothing changes before the POST"
+    );
+    for _ in 0..2 {
+        assert_eq!(app.one_click(&path).await, StatusCode::OK);
+    }
+    assert_eq!(app.count(opted_out).await, 1);
+
+    // The next update reaches the two others, and not the contact that stopped it, whose later
+    // report still loses to the first.
+    let second = app.post_update(incident).await;
+    app.worker(100).drain().await.unwrap();
+    assert_eq!(reached(second).await, everyone[1..].to_vec());
 }
 
 async fn fan_out_reaches_a_large_set_once_across_a_restart(backend: Backend) {
