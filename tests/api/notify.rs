@@ -980,6 +980,74 @@ async fn rate_limits_hold_sends_back_and_shutdown_releases_claims(backend: Backe
     app.stop().await;
 }
 
+/// A message the rate limit would hold past half its lease is handed back unsent (another
+/// replica could take it once the lease lapses mid-send): pending, due at once, its attempt
+/// given back. Later rounds send it; every message goes out once.
+async fn a_message_held_past_half_its_lease_is_released_and_sent_later(backend: Backend) {
+    let Some(h) = harness(backend, |c| {
+        c.notify.dispatcher.lease_secs = 1;
+        c.notify.email.timeout_ms = 400;
+        c.notify.sms.timeout_ms = 400;
+        // One send every 0.3 s: of five claimed together, the fourth and fifth would begin
+        // 0.9 s and 1.2 s after the claim, past half of the 1 s lease.
+        c.notify.rate_limits.sms.per_minute = 200.0;
+        c.notify.rate_limits.sms.burst = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let payload = status_payload("");
+        ids.push(
+            h.enqueue(MessageChannel::Sms, PHONE, "report_status", payload)
+                .await,
+        );
+    }
+    let dispatcher = h.dispatcher();
+    let first = dispatcher.run_once().await.unwrap();
+    assert_eq!(first.claimed, 5, "{first:?}");
+    assert!(first.released >= 2, "{first:?}");
+    assert_eq!(first.sent + first.released, 5, "{first:?}");
+    assert_eq!(h.gateway.seen().len(), first.sent);
+    for id in &ids {
+        let row = h.state_of(*id).await;
+        match row.state {
+            MessageState::Sent => assert_eq!(row.attempts, 1),
+            MessageState::Pending => {
+                assert_eq!(row.attempts, 0, "a release is not an attempt");
+                assert!(row.next_attempt_at <= Utc::now(), "due again at once");
+                assert_eq!(row.last_error, None);
+            }
+            other => panic!("{other:?} after the round: {row:?}"),
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while h.gateway.seen().len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all sent: {:?}",
+            h.gateway.counts()
+        );
+        dispatcher.run_once().await.unwrap();
+    }
+    let counts = h.gateway.counts();
+    assert!(
+        ids.iter().all(|id| counts.get(&id.to_string()) == Some(&1)),
+        "{counts:?}"
+    );
+    for id in &ids {
+        let row = h.state_of(*id).await;
+        assert_eq!(
+            (row.state, row.attempts),
+            (MessageState::Sent, 1),
+            "{row:?}"
+        );
+    }
+}
+
 async fn eventually_async(
     store: &reliefline::store::DynStore,
     ids: &[Uuid],
@@ -1002,7 +1070,10 @@ async fn eventually_async(
     }
 }
 
-on_both_backends!(rate_limits_hold_sends_back_and_shutdown_releases_claims);
+on_both_backends!(
+    rate_limits_hold_sends_back_and_shutdown_releases_claims,
+    a_message_held_past_half_its_lease_is_released_and_sent_later,
+);
 
 /// The outage notice for an incident update names the outage, its cause and response, a
 /// contact for consultation, and carries one-click unsubscribe for a subscriber.
