@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::crypto::Keys;
 use crate::incident::model::IncidentStatus;
-use crate::store::{DynStore, IncidentRecord, OutboxMessage, Timestamp};
+use crate::store::{DynStore, IncidentRecord, MessageChannel, OutboxMessage, Timestamp};
 
 /// Rendered incident notices kept: one entry per (update, language).
 const NOTICE_CACHE_ENTRIES: u64 = 1_000;
@@ -245,18 +245,26 @@ impl Renderer {
                     }
                     (None, None) => None,
                 };
+                // The link goes into the forms the message's channel sends, and only those:
+                // this runs once per recipient of a fan-out.
                 if let Some(url) = stop_url {
-                    let line = match lang {
-                        Lang::Ko => format!("이 알림을 그만 받으려면: {url}"),
-                        Lang::En => format!("To stop these notices: {url}"),
-                    };
-                    rendered.text = format!("{}\n\n{line}", rendered.text);
-                    rendered.html = self.html(lang, &rendered.subject, &rendered.text)?;
-                    let short = match lang {
-                        Lang::Ko => format!("수신거부 {url}"),
-                        Lang::En => format!("Stop: {url}"),
-                    };
-                    rendered.sms = super::euckr::append_if_fits(&rendered.sms, &short);
+                    match message.channel {
+                        MessageChannel::Email => {
+                            let line = match lang {
+                                Lang::Ko => format!("이 알림을 그만 받으려면: {url}"),
+                                Lang::En => format!("To stop these notices: {url}"),
+                            };
+                            rendered.text = format!("{}\n\n{line}", rendered.text);
+                            rendered.html = self.html(lang, &rendered.subject, &rendered.text)?;
+                        }
+                        MessageChannel::Sms => {
+                            let short = match lang {
+                                Lang::Ko => format!("수신거부 {url}"),
+                                Lang::En => format!("Stop: {url}"),
+                            };
+                            rendered.sms = super::euckr::append_if_fits(&rendered.sms, &short);
+                        }
+                    }
                     rendered.unsubscribe_url = Some(url);
                 }
                 Ok(rendered)
@@ -722,6 +730,19 @@ mod notice_tests {
         );
         assert_eq!(to_reporter.unsubscribe_url.as_deref(), Some(stop.as_str()));
         assert!(to_reporter.text.contains(&stop), "{}", to_reporter.text);
+        let escaped = stop.replace('/', "&#x2f;");
+        assert!(to_reporter.html.contains(&escaped), "{}", to_reporter.html);
+        // Each channel gets the link in what it sends; the other forms are left as they were.
+        assert!(!to_reporter.sms.contains(&stop));
+        let mut by_sms = message("ko", None, Some(reporter));
+        by_sms.channel = MessageChannel::Sms;
+        let by_sms = renderer.render(&by_sms).await.unwrap();
+        assert!(
+            by_sms.sms.ends_with(&format!("\n수신거부 {stop}")),
+            "{}",
+            by_sms.sms
+        );
+        assert_eq!((&by_sms.text, &by_sms.html), (&first.text, &first.html));
         let subscriber = Uuid::now_v7();
         let again = renderer
             .render(&message("ko", Some(subscriber), None))
