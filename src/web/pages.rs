@@ -88,6 +88,10 @@ struct PageRequest {
     /// Set when the language was chosen just now (`?lang=`, a form's switch): remember it.
     lang_cookie: Option<HeaderValue>,
     query: Vec<(String, String)>,
+    /// A form post made by the language switch ([`SWITCH_FIELD`]): show, do not submit.
+    switching: bool,
+    /// A form post of a form that had been submitted and checked ([`CHECKED_FIELD`]).
+    was_checked: bool,
 }
 
 impl PageRequest {
@@ -102,7 +106,12 @@ impl PageRequest {
 
     /// A form post: its language switch ([`SWITCH_FIELD`]) chooses the language.
     fn posted(pairs: &[(String, String)], headers: &HeaderMap) -> Self {
-        Self::choosing(field(pairs, SWITCH_FIELD), headers)
+        let switch = field(pairs, SWITCH_FIELD);
+        Self {
+            switching: switch.is_some(),
+            was_checked: field(pairs, CHECKED_FIELD).is_some(),
+            ..Self::choosing(switch, headers)
+        }
     }
 
     fn choosing(chosen: Option<&str>, headers: &HeaderMap) -> Self {
@@ -121,6 +130,8 @@ impl PageRequest {
             lang,
             lang_cookie,
             query: Vec::new(),
+            switching: false,
+            was_checked: false,
         }
     }
 
@@ -549,8 +560,6 @@ pub async fn submit_report(
     };
     let req = PageRequest::posted(&pairs, &headers);
     let lang = req.lang;
-    let switching = field(&pairs, SWITCH_FIELD).is_some();
-    let was_checked = field(&pairs, CHECKED_FIELD).is_some();
     let form = ReportForm::from_pairs(pairs);
     if let Err(refusal) = csrf::check(
         &state.keys,
@@ -595,14 +604,15 @@ pub async fn submit_report(
     // Switching language submits nothing, so it spends none of the submission allowance. On a
     // form already submitted, the findings are shown again in the new language: often why the
     // person switched. A form not yet submitted has no findings to show.
-    if switching && !was_checked {
-        view.checked = false;
-        return again(&view, &form, StatusCode::OK);
-    }
-    if switching {
-        return match ValidReport::from_json(&form.to_json(), Utc::now()) {
-            Ok(_) => again(&view, &form, StatusCode::OK),
-            Err(errors) => invalid(&mut view, &errors, &form, again),
+    if req.switching {
+        view.checked = req.was_checked;
+        let findings = view
+            .checked
+            .then(|| ValidReport::from_json(&form.to_json(), Utc::now()).err())
+            .flatten();
+        return match findings {
+            Some(errors) => invalid(&mut view, &errors, &form, again),
+            None => again(&view, &form, StatusCode::OK),
         };
     }
     // Refuse before any work: a refusal must stay cheap under a flood.
@@ -744,8 +754,6 @@ pub async fn lookup(
     let req = PageRequest::posted(&pairs, &headers);
     let lang = req.lang;
     let t = lang.text();
-    let switching = field(&pairs, SWITCH_FIELD).is_some();
-    let was_checked = field(&pairs, CHECKED_FIELD).is_some();
     let value = |name: &str| field(&pairs, name).unwrap_or_default();
     if let Err(refusal) = csrf::check(
         &state.keys,
@@ -760,17 +768,19 @@ pub async fn lookup(
     let mut page = LookupPage {
         receipt: receipt_text,
         contact: contact_text,
-        checked: !switching || was_checked,
+        checked: !req.switching || req.was_checked,
         ..empty_lookup(lang, token)
     };
-    if !switching && let Err(limited) = state.limiters.check_lookup_ip(&client) {
+    if !req.switching
+        && let Err(limited) = state.limiters.check_lookup_ip(&client)
+    {
         page.busy_secs = Some(limited.0.as_secs().max(1));
         return lookup_page(&req, &page, StatusCode::TOO_MANY_REQUESTS, Some(limited.0));
     }
     let receipt = Receipt::parse(receipt_text);
     let contact = Contact::parse(contact_text);
     let (receipt, contact) = match (receipt, contact) {
-        (Ok(r), Ok(c)) if !switching => (r, c),
+        (Ok(r), Ok(c)) if !req.switching => (r, c),
         // Unreadable, or a language switch: the form again, as typed, with its findings once
         // it has been submitted.
         (r, c) => {

@@ -191,6 +191,19 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The JSON answer to `GET path` as staff with bearer `token`.
+    pub async fn get_json_as(&self, path: &str, token: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// The Prometheus text from the metrics listener.
     pub async fn metrics_text(&self) -> String {
         let addr = self.metrics_addr.expect("metrics listener");

@@ -54,16 +54,7 @@ impl Journey {
 
     /// GET a staff route's JSON answer.
     async fn get_staff(&self, path: &str) -> Value {
-        self.app
-            .client
-            .get(self.app.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.app.get_json_as(path, TOKEN).await
     }
 
     /// Spooled SMS to `to`, oldest first.

@@ -386,17 +386,7 @@ async fn exhausted_messages_are_dead_lettered_listed_and_requeued(backend: Backe
     let dead_url = h.app.url("/api/v1/outbox/dead");
     let unauthenticated = h.app.client.get(&dead_url).send().await.unwrap();
     assert_eq!(unauthenticated.status(), 401);
-    let listed: serde_json::Value = h
-        .app
-        .client
-        .get(&dead_url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = h.app.get_json_as("/api/v1/outbox/dead", TOKEN).await;
     let messages = listed["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0]["id"], id.to_string());
