@@ -3,6 +3,7 @@
 //! See README.md for the map of modules.
 
 pub mod app;
+pub mod cases;
 pub mod cli;
 pub mod config;
 pub mod crypto;

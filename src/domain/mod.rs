@@ -95,6 +95,23 @@ pub enum ReportStatus {
     Closed,
 }
 
+impl ReportStatus {
+    /// Why a report in this status cannot be moved to `next`, or `None` when it can. Every
+    /// report starts `received` and never returns to it; `closed` is final; a change must
+    /// change something. A resolved case may be reopened (a dispute after the result).
+    pub fn refuses(self, next: Self) -> Option<&'static str> {
+        if next == Self::Received {
+            Some("no report returns to received")
+        } else if self == Self::Closed {
+            Some("the report is closed and takes no more changes")
+        } else if self == next {
+            Some("the report already has this status")
+        } else {
+            None
+        }
+    }
+}
+
 /// How a report reached us.
 #[derive(
     Debug,

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(openapi::router())
         .merge(crate::intake::router())
+        .merge(crate::cases::router())
         .merge(crate::incident::api::router())
         .merge(crate::subscribe::router())
         .merge(crate::web::router())

@@ -22,6 +22,7 @@ use crate::app::AppState;
     paths(
         crate::intake::submit_report,
         crate::intake::lookup::lookup_report,
+        crate::cases::change_status,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,
@@ -42,6 +43,7 @@ use crate::app::AppState;
     ),
     tags(
         (name = "intake", description = "Harm reports from the public"),
+        (name = "cases", description = "Staff work on reports"),
         (name = "ops", description = "Health, readiness and metrics"),
         (name = "notify", description = "Outbox dead letters and SMS delivery reports"),
         (name = "incidents", description = "Status, incidents and commander commands"),

@@ -464,10 +464,10 @@ fn parse_declaration(body: DeclareBody, now: Timestamp) -> Result<Declaration, A
 
 /// Validation problems by JSON path, collected so one answer names them all.
 #[derive(Debug, Default)]
-struct Problems(BTreeMap<String, String>);
+pub(crate) struct Problems(BTreeMap<String, String>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, problem: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: impl Into<String>, problem: impl Into<String>) {
         self.0.entry(path.into()).or_insert_with(|| problem.into());
     }
 
@@ -476,7 +476,7 @@ impl Problems {
         None
     }
 
-    fn finish(self) -> Result<(), ApiError> {
+    pub(crate) fn finish(self) -> Result<(), ApiError> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -486,7 +486,13 @@ impl Problems {
 
     /// Trimmed, non-empty, at most `max` characters, no control characters (line breaks
     /// allowed in `multiline` text).
-    fn checked(&mut self, path: &str, value: &str, max: usize, multiline: bool) -> Option<String> {
+    pub(crate) fn checked(
+        &mut self,
+        path: &str,
+        value: &str,
+        max: usize,
+        multiline: bool,
+    ) -> Option<String> {
         let value = value.trim();
         if value.is_empty() {
             self.add(path, "must not be empty");

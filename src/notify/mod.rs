@@ -24,7 +24,20 @@ pub use render::{Lang, Rendered, Renderer};
 pub use transport::{Delivered, SendError};
 
 use crate::crypto::Keys;
+use crate::domain::{Receipt, ReportStatus};
 use crate::store::{MessageChannel, NewMessage, NewReport};
+
+/// The template of the notice a report's status change sends.
+pub const REPORT_STATUS_TEMPLATE: &str = "report_status";
+
+/// What the [`REPORT_STATUS_TEMPLATE`] renders: the receipt, the new status and the note.
+pub fn report_status_payload(
+    receipt: &Receipt,
+    status: ReportStatus,
+    note: Option<&str>,
+) -> serde_json::Value {
+    serde_json::json!({ "receipt": receipt.as_str(), "status": status, "note": note })
+}
 
 /// The receipt confirmations a report asks for: one per channel the reporter chose and gave a
 /// contact for, in `lang`. Written with the report, in its transaction.

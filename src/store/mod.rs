@@ -35,7 +35,7 @@ pub use outbox::{
 pub use postgres::PgStore;
 pub use reports::{
     HistoryEntry, IdempotencyRecord, IdempotentReport, NewReport, ReportStore, ReportWrite,
-    StoredReport,
+    StatusChange, StatusNotice, StatusOutcome, StoredReport,
 };
 pub use sqlite::SqliteStore;
 pub use subscriptions::{

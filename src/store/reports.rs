@@ -1,11 +1,11 @@
-//! Harm reports: the batch write of everything a report causes, the status lookup and the
-//! idempotency record.
+//! Harm reports: the batch write of everything a report causes, the status lookup, the
+//! idempotency record, and a consultant's change of a report's status with the notice it sends.
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::outbox::NewMessage;
-use super::{StoreResult, Timestamp, from_millis, hash_from_bytes, parse_stored};
+use super::{AuditEntry, StoreResult, Timestamp, from_millis, hash_from_bytes, parse_stored};
 use crate::crypto::SealedContact;
 use crate::domain::{Channel, HarmType, Receipt, ReportStatus, ReporterType};
 
@@ -20,6 +20,55 @@ pub trait ReportStore {
 
     /// The report first submitted with this `Idempotency-Key`.
     async fn find_idempotent(&self, key: &str) -> StoreResult<Option<IdempotentReport>>;
+
+    /// Move a report to a new status in one transaction: the report, its public history
+    /// entry, a notice to each contact the reporter asked to be told on, and the audit entry.
+    async fn change_report_status(
+        &self,
+        change: &StatusChange,
+        audit: &AuditEntry,
+    ) -> StoreResult<StatusOutcome>;
+}
+
+/// A change of a report's status, as a consultant makes it.
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    pub receipt: Receipt,
+    pub status: ReportStatus,
+    /// Shown to the reporter in the lookup and in the notice.
+    pub note: Option<String>,
+    pub event_id: Uuid,
+    pub actor: String,
+    pub at: Timestamp,
+    pub notice: StatusNotice,
+}
+
+/// The notice a status change sends: one message per channel the reporter chose, each with
+/// its own stable id, rendered from `template` with `payload`.
+#[derive(Debug, Clone)]
+pub struct StatusNotice {
+    pub sms_id: Uuid,
+    pub email_id: Uuid,
+    pub template: String,
+    pub lang: String,
+    pub payload: serde_json::Value,
+}
+
+/// What became of a [`StatusChange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusOutcome {
+    Changed {
+        report_id: Uuid,
+        previous: ReportStatus,
+        /// Notices written to the outbox (one per channel the reporter chose).
+        notices: u64,
+    },
+    /// The report is in `current`, which cannot become the asked status, for `reason`.
+    Refused {
+        current: ReportStatus,
+        reason: &'static str,
+    },
+    NotFound,
 }
 
 /// A harm report ready to be written: every field already validated and personal data sealed.
@@ -111,7 +160,119 @@ pub(super) mod sql {
          notify_email, status, idempotency_key, request_hash, received_at, updated_at";
 
     pub const EVENT_COLUMNS: &str = "id, report_id, status, note, public, actor, at";
+
+    pub const CURRENT_STATUS: &str = "SELECT id, status FROM reports WHERE receipt = $1";
+
+    /// Compare-and-set: a change made by someone else in between leaves no row changed.
+    pub const SET_STATUS: &str =
+        "UPDATE reports SET status = $2, updated_at = $3 WHERE id = $1 AND status = $4";
+
+    pub const INSERT_EVENT: &str = "INSERT INTO report_events (id, report_id, status, note, \
+         public, actor, at) VALUES ($1, $2, $3, $4, TRUE, $5, $6)";
+
+    /// The notice on channel `$2` (`sms` or `email`) to report `$8`'s own sealed contact, if
+    /// the reporter asked for notices there; `$6` is the report id as the message's source.
+    pub const NOTIFY_REPORTER: &str = "INSERT INTO outbox (id, channel, template, lang, \
+         recipient_enc, payload, source_kind, source_id, state, attempts, next_attempt_at, \
+         created_at, updated_at) \
+         SELECT $1, $2, $3, $4, CASE WHEN $2 = 'sms' THEN r.phone_enc ELSE r.email_enc END, \
+         $5, 'report_status', $6, 'pending', 0, $7, $7, $7 FROM reports r WHERE r.id = $6 \
+         AND CASE WHEN $2 = 'sms' THEN r.notify_sms AND r.phone_enc IS NOT NULL \
+         ELSE r.notify_email AND r.email_enc IS NOT NULL END";
 }
+
+/// `change_report_status` for a store type on database `$db` whose writing pool is `$pool`:
+/// the statements are the same on both backends.
+macro_rules! impl_status_change {
+    ($store:ty, $db:ty, $pool:ident) => {
+        impl $store {
+            async fn apply_status_change(
+                &self,
+                change: &$crate::store::StatusChange,
+                audit: &$crate::store::AuditEntry,
+            ) -> $crate::store::StoreResult<$crate::store::StatusOutcome> {
+                use $crate::store::reports::sql;
+                use $crate::store::{StatusOutcome, to_millis};
+                let mut tx = self.$pool.begin().await.map_err(Self::error)?;
+                let Some((report_id, current)) =
+                    sqlx::query_as::<_, (uuid::Uuid, String)>(sql::CURRENT_STATUS)
+                        .bind(change.receipt.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(Self::error)?
+                else {
+                    return Ok(StatusOutcome::NotFound);
+                };
+                let current: $crate::domain::ReportStatus =
+                    $crate::store::parse_stored(&current, "reports.status")?;
+                if let Some(reason) = current.refuses(change.status) {
+                    return Ok(StatusOutcome::Refused { current, reason });
+                }
+                let at = to_millis(change.at);
+                let updated = sqlx::query(sql::SET_STATUS)
+                    .bind(report_id)
+                    .bind(change.status.as_ref())
+                    .bind(at)
+                    .bind(current.as_ref())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Self::error)?;
+                if updated.rows_affected() == 0 {
+                    return Ok(StatusOutcome::Refused {
+                        current,
+                        reason: "the report was changed by someone else at the same moment",
+                    });
+                }
+                sqlx::query(sql::INSERT_EVENT)
+                    .bind(change.event_id)
+                    .bind(report_id)
+                    .bind(change.status.as_ref())
+                    .bind(change.note.as_deref())
+                    .bind(change.actor.as_str())
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Self::error)?;
+                let notice = &change.notice;
+                let payload = notice.payload.to_string();
+                let mut notices = 0;
+                for (id, channel) in [(notice.sms_id, "sms"), (notice.email_id, "email")] {
+                    notices += sqlx::query(sql::NOTIFY_REPORTER)
+                        .bind(id)
+                        .bind(channel)
+                        .bind(notice.template.as_str())
+                        .bind(notice.lang.as_str())
+                        .bind(payload.as_str())
+                        .bind(report_id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(Self::error)?
+                        .rows_affected();
+                }
+                sqlx::query($crate::store::audit::sql::INSERT_AUDIT)
+                    .bind(audit.id)
+                    .bind(to_millis(audit.at))
+                    .bind(&audit.actor)
+                    .bind(&audit.action)
+                    .bind(audit.target.as_deref())
+                    .bind(audit.detail.as_ref().map(ToString::to_string))
+                    .bind(audit.client_addr.as_deref())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Self::error)?;
+                tx.commit().await.map_err(Self::error)?;
+                Ok(StatusOutcome::Changed {
+                    report_id,
+                    previous: current,
+                    notices,
+                })
+            }
+        }
+    };
+}
+
+pub(super) use impl_status_change;
 
 /// One row of [`sql::FIND_REPORT`]: the report repeated beside each public history entry.
 #[derive(sqlx::FromRow)]

@@ -11,6 +11,7 @@
 mod helpers;
 
 mod browser;
+mod cases;
 mod cli;
 mod incidents;
 mod intake;

@@ -148,30 +148,42 @@ pub(crate) fn header_value<'a>(eml: &'a str, name: &str) -> Option<&'a str> {
 
 // ---- delivery -------------------------------------------------------------------------------
 
-async fn a_report_confirmation_is_delivered_by_email_and_sms(backend: Backend) {
-    let Some(h) = harness(backend, |c| c.notify.dispatcher.enabled = true).await else {
-        return;
-    };
+/// Submit a report that asks for notices by SMS and e-mail; its receipt.
+async fn report_on_both_channels(app: &TestApp) -> String {
     let mut report = sample_report();
     report["notify"] = serde_json::json!({"sms": true, "email": true});
-    let response = h
-        .app
+    let response = app
         .client
-        .post(h.app.url("/api/v1/reports"))
+        .post(app.url("/api/v1/reports"))
         .json(&report)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    let receipt = response.json::<serde_json::Value>().await.unwrap()["receipt"]
+    response.json::<serde_json::Value>().await.unwrap()["receipt"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
 
-    eventually("one e-mail and one SMS", || {
-        h.gateway.seen().len() == 1 && h.smtp.messages().len() == 1
-    })
-    .await;
+impl Harness {
+    /// Submit a report that asks for notices by SMS and e-mail and wait until both receipt
+    /// confirmations arrived; its receipt.
+    async fn report_confirmed_on_both_channels(&self) -> String {
+        let receipt = report_on_both_channels(&self.app).await;
+        eventually("one e-mail and one SMS", || {
+            self.gateway.seen().len() == 1 && self.smtp.messages().len() == 1
+        })
+        .await;
+        receipt
+    }
+}
+
+async fn a_report_confirmation_is_delivered_by_email_and_sms(backend: Backend) {
+    let Some(h) = harness(backend, |c| c.notify.dispatcher.enabled = true).await else {
+        return;
+    };
+    let receipt = h.report_confirmed_on_both_channels().await;
 
     let stored = h
         .app
@@ -245,6 +257,67 @@ async fn a_report_confirmation_is_delivered_by_email_and_sms(backend: Backend) {
     );
     assert!(metrics.contains("reliefline_outbox_oldest_pending_seconds{channel=\"sms\"}"));
     assert!(metrics.contains("reliefline_notification_send_duration_seconds_bucket"));
+}
+
+/// A consultant's status change reaches the reporter on each channel they chose, with the new
+/// status and the note, written in the change's own transaction.
+async fn a_status_change_is_sent_to_the_reporter(backend: Backend) {
+    let Some(h) = harness(backend, |c| c.notify.dispatcher.enabled = true).await else {
+        return;
+    };
+    let receipt = h.report_confirmed_on_both_channels().await;
+
+    let changed = h
+        .app
+        .client
+        .post(h.app.url(&format!("/api/v1/reports/{receipt}/status")))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"status": "referred", "note": "분쟁조정위원회에 사건을 넘겼습니다."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_eq!(
+        changed.json::<serde_json::Value>().await.unwrap()["notices"],
+        2
+    );
+    eventually("the status notices", || {
+        h.gateway.seen().len() == 2 && h.smtp.messages().len() == 2
+    })
+    .await;
+
+    let sms = &h.gateway.seen()[1];
+    assert_eq!(sms.to, PHONE);
+    assert!(sms.text.contains(&receipt), "{}", sms.text);
+    assert!(sms.text.contains("분쟁조정위원회 이관"), "{}", sms.text);
+    assert!(sms.text.contains("사건을 넘겼습니다"), "{}", sms.text);
+    let row = h.state_of(sms.message_id.parse().unwrap()).await;
+    assert_eq!(row.template, "report_status");
+    assert_eq!(row.source_kind, "report_status");
+
+    let eml = &h.smtp.messages()[1];
+    assert_eq!(header_value(eml, "To"), Some("hong@example.kr"));
+    let text = decoded_text(eml);
+    assert!(text.contains("분쟁조정위원회 이관"), "{text}");
+    assert!(text.contains("사건을 넘겼습니다"), "{text}");
+    let stored = h
+        .app
+        .store
+        .find_report(&receipt.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.source_id, Some(stored.id));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let progress = h.app.store.outbox_progress(stored.id).await.unwrap();
+        if progress.sent == 4 {
+            assert_eq!(progress.total(), 4, "{progress:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{progress:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 async fn transient_failures_are_retried_with_backoff_then_sent(backend: Backend) {
@@ -637,20 +710,7 @@ async fn the_embedded_default_spools_to_files(backend: Backend) {
         c.notify.dispatcher.poll_interval_ms = 20;
     })
     .await;
-    let mut report = sample_report();
-    report["notify"] = serde_json::json!({"sms": true, "email": true});
-    let response = app
-        .client
-        .post(app.url("/api/v1/reports"))
-        .json(&report)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let receipt = response.json::<serde_json::Value>().await.unwrap()["receipt"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let receipt = report_on_both_channels(&app).await;
     let emails = || {
         std::fs::read_dir(&email_dir)
             .map(|d| {
@@ -687,6 +747,7 @@ async fn the_embedded_default_spools_to_files(backend: Backend) {
 
 on_both_backends!(
     a_report_confirmation_is_delivered_by_email_and_sms,
+    a_status_change_is_sent_to_the_reporter,
     transient_failures_are_retried_with_backoff_then_sent,
     permanent_failures_are_not_retried,
     exhausted_messages_are_dead_lettered_listed_and_requeued,
@@ -1318,7 +1379,7 @@ async fn smtp_over_starttls_and_implicit_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_outbox_routes_are_in_the_openapi_document() {
+async fn the_outbox_and_case_routes_are_in_the_openapi_document() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
     let doc: serde_json::Value = app
         .client
@@ -1340,6 +1401,11 @@ async fn the_outbox_routes_are_in_the_openapi_document() {
             "/api/v1/notifications/sms/delivery",
             "post",
             &["204", "401", "404", "415", "422"],
+        ),
+        (
+            "/api/v1/reports/{receipt}/status",
+            "post",
+            &["200", "401", "404", "422"],
         ),
     ] {
         let responses = &doc["paths"][path][method]["responses"];

@@ -9,7 +9,8 @@ use crate::domain::{Receipt, ReportStatus};
 use crate::store::reports::sql;
 use crate::store::reports::{IdempotentRow, ReportRow, report_from_rows};
 use crate::store::{
-    IdempotentReport, ReportStore, ReportWrite, StoreResult, StoredReport, to_millis,
+    AuditEntry, IdempotentReport, ReportStore, ReportWrite, StatusChange, StatusOutcome,
+    StoreResult, StoredReport, to_millis,
 };
 
 const INSERT_REPORTS: &str = "INSERT INTO reports (id, receipt, incident_id, channel, provider, \
@@ -215,4 +216,14 @@ impl ReportStore for PgStore {
             .map(IdempotentRow::into_record)
             .transpose()
     }
+
+    async fn change_report_status(
+        &self,
+        change: &StatusChange,
+        audit: &AuditEntry,
+    ) -> StoreResult<StatusOutcome> {
+        self.apply_status_change(change, audit).await
+    }
 }
+
+crate::store::reports::impl_status_change!(PgStore, sqlx::Postgres, pool);

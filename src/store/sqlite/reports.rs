@@ -9,7 +9,8 @@ use crate::store::outbox::sql::OUTBOX_COLUMNS;
 use crate::store::reports::sql;
 use crate::store::reports::{IdempotentRow, ReportRow, report_from_rows};
 use crate::store::{
-    IdempotentReport, ReportStore, ReportWrite, StoreResult, StoredReport, to_millis,
+    AuditEntry, IdempotentReport, ReportStore, ReportWrite, StatusChange, StatusOutcome,
+    StoreResult, StoredReport, to_millis,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; stay well below it.
@@ -130,4 +131,14 @@ impl ReportStore for SqliteStore {
             .map(IdempotentRow::into_record)
             .transpose()
     }
+
+    async fn change_report_status(
+        &self,
+        change: &StatusChange,
+        audit: &AuditEntry,
+    ) -> StoreResult<StatusOutcome> {
+        self.apply_status_change(change, audit).await
+    }
 }
+
+crate::store::reports::impl_status_change!(SqliteStore, sqlx::Sqlite, writer);
