@@ -231,6 +231,19 @@ impl NotifyConfig {
             if let Err((field, why)) = limit.quota() {
                 return bad(&format!("rate_limits.{name}.{field}"), &why);
             }
+            // A claimed message must be able to get its permit well within its lease, or it
+            // would be claimed and handed back over and over.
+            let slowest = 240.0 / d.lease_secs as f64;
+            if limit.per_minute > 0.0 && limit.per_minute < slowest {
+                return bad(
+                    &format!("rate_limits.{name}.per_minute"),
+                    &format!(
+                        "must be 0 (off) or at least {slowest} (one send per quarter of \
+                         dispatcher.lease_secs = {})",
+                        d.lease_secs
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -286,6 +299,10 @@ mod tests {
             (
                 vec![("RATE_LIMITS__SMS__PER_MINUTE", "-1")],
                 "notify.rate_limits.sms.per_minute",
+            ),
+            (
+                vec![("RATE_LIMITS__EMAIL__PER_MINUTE", "3")],
+                "notify.rate_limits.email.per_minute",
             ),
         ] {
             figment::Jail::expect_with(|jail| {

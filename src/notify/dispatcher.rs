@@ -107,6 +107,10 @@ pub struct Dispatcher {
     clock: Clock,
     email_limit: Option<DefaultDirectRateLimiter>,
     sms_limit: Option<DefaultDirectRateLimiter>,
+    /// Most messages claimed at once, held in a lane's queue, and sent at once, per channel:
+    /// under a rate limit, what the limit lets out in a quarter of a lease (see [`lane_size`]).
+    email_lane: usize,
+    sms_lane: usize,
 }
 
 /// A claimed message after its delivery attempt, waiting to be recorded.
@@ -144,7 +148,10 @@ impl Dispatcher {
             })?;
             Ok(quota.map(RateLimiter::direct))
         };
+        let lease = config.dispatcher.lease();
         Ok(Self {
+            email_lane: lane_size(&config.dispatcher, config.rate_limits.email, lease),
+            sms_lane: lane_size(&config.dispatcher, config.rate_limits.sms, lease),
             renderer,
             email: EmailTransport::from_config(&config.email)?,
             sms: SmsTransport::from_config(&config.sms)?,
@@ -220,6 +227,14 @@ impl Dispatcher {
         drop(stats.await);
     }
 
+    /// How many of `channel`'s messages are claimed, queued and sent at once.
+    fn lane_size(&self, channel: MessageChannel) -> usize {
+        match channel {
+            MessageChannel::Email => self.email_lane,
+            MessageChannel::Sms => self.sms_lane,
+        }
+    }
+
     /// Claim a batch of one channel's due messages, leased from now.
     async fn claim(&self, channel: MessageChannel) -> StoreResult<(Vec<OutboxMessage>, Timestamp)> {
         let now = self.clock.now();
@@ -231,7 +246,7 @@ impl Dispatcher {
                 channel,
                 now,
                 lease_until,
-                self.config.batch_size,
+                u32::try_from(self.lane_size(channel)).unwrap_or(u32::MAX),
             )
             .await?;
         Ok((claimed, lease_until))
@@ -246,14 +261,13 @@ impl Dispatcher {
     ) {
         // Claimed messages waiting for a send slot: one batch, so the next claim is ready when
         // the sends need it and little waits out its lease in memory.
-        let (queue, claimed) = mpsc::channel::<(OutboxMessage, Timestamp)>(
-            usize::try_from(self.config.batch_size).unwrap_or(1).max(1),
-        );
+        let size = self.lane_size(channel);
+        let (queue, claimed) = mpsc::channel::<(OutboxMessage, Timestamp)>(size);
         let claimer = async {
             while !shutdown.is_cancelled() {
                 let wait = match self.claim(channel).await {
                     Ok((batch, lease_until)) => {
-                        let full = batch.len() >= self.config.batch_size as usize;
+                        let full = batch.len() >= size;
                         for message in batch {
                             if queue.send((message, lease_until)).await.is_err() {
                                 return;
@@ -280,8 +294,9 @@ impl Dispatcher {
         let queued = futures::stream::unfold(claimed, |mut claimed| async move {
             claimed.recv().await.map(|item| (item, claimed))
         });
-        let senders =
-            queued.for_each_concurrent(self.config.concurrency, |(message, lease_until)| {
+        let senders = queued.for_each_concurrent(
+            self.config.concurrency.min(size),
+            |(message, lease_until)| {
                 let this = Arc::clone(&self);
                 let outcomes = outcomes.clone();
                 let shutdown = shutdown.clone();
@@ -290,7 +305,8 @@ impl Dispatcher {
                     // The recorder ends only after every lane; a send error cannot happen here.
                     drop(outcomes.send(finished).await);
                 }
-            });
+            },
+        );
         tokio::join!(claimer, senders);
     }
 
@@ -407,18 +423,28 @@ impl Dispatcher {
             Err(e) if e.is_transient() => return Some(Err(SendError::transient(e.to_string()))),
             Err(e) => return Some(Err(SendError::permanent(e.to_string()))),
         };
+        // A send begins in the first half of the lease or not at all, so it can finish and be
+        // recorded while the lease holds.
+        let begin_by = lease_until - self.config.lease() / 2;
+        // Negative once past that point: the message goes back unsent.
+        let time_left = (begin_by - self.clock.now()).to_std().ok()?;
         let limiter = match message.channel {
             MessageChannel::Email => self.email_limit.as_ref(),
             MessageChannel::Sms => self.sms_limit.as_ref(),
         };
         if let Some(limiter) = limiter {
+            // Wait for a permit only as long as the send could still begin. A message that
+            // would wait longer goes back without taking one: every permit is spent on a send.
             tokio::select! {
-                _ = limiter.until_ready() => {}
+                ready = tokio::time::timeout(time_left, limiter.until_ready()) => {
+                    if ready.is_err() {
+                        return None;
+                    }
+                }
                 () = shutdown.cancelled() => return None,
             }
         }
-        let half_lease = self.config.lease() / 2;
-        if shutdown.is_cancelled() || self.clock.now() + half_lease > lease_until {
+        if shutdown.is_cancelled() {
             return None;
         }
         let started = Instant::now();
@@ -494,6 +520,25 @@ fn publish_pending(stats: &[crate::store::PendingStat], now: Timestamp) {
     }
 }
 
+/// Messages a lane claims, queues and sends at once: `batch_size` (at most `concurrency` sending),
+/// or under a rate limit what the limit lets out in a quarter of a lease, burst included. More
+/// would wait for permits until past half their lease and go back unsent, to be claimed again:
+/// writes for nothing. A lane holds at most two such batches (one queued, one sending), so its
+/// last message gets its permit within about half a lease after an idle start.
+fn lane_size(config: &DispatcherConfig, limit: crate::ratelimit::Limit, lease: Duration) -> usize {
+    let batch = usize::try_from(config.batch_size)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if limit.per_minute <= 0.0 {
+        return batch;
+    }
+    let in_a_quarter_lease = limit.per_minute / 60.0 * lease.as_secs_f64() / 4.0;
+    // Truncation is the intent: whole messages.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let size = (f64::from(limit.burst) + in_a_quarter_lease).floor() as usize;
+    size.clamp(1, batch)
+}
+
 fn channel_label(channel: MessageChannel) -> &'static str {
     match channel {
         MessageChannel::Email => "email",
@@ -537,6 +582,23 @@ mod tests {
             poll_interval_ms: 100,
             stats_interval_ms: 1_000,
         }
+    }
+
+    #[test]
+    fn a_rate_limited_lane_claims_what_the_limit_lets_out_in_a_quarter_lease() {
+        let c = config();
+        let lease = Duration::from_secs(60);
+        let limit = |per_minute, burst| crate::ratelimit::Limit { per_minute, burst };
+        // Off: the configured batch.
+        assert_eq!(lane_size(&c, limit(0.0, 0), lease), 10);
+        // 4 a minute: one per quarter lease, plus the burst.
+        assert_eq!(lane_size(&c, limit(4.0, 1), lease), 2);
+        assert_eq!(lane_size(&c, limit(4.0, 3), lease), 4);
+        // 12 a minute: three in 15 s.
+        assert_eq!(lane_size(&c, limit(12.0, 1), lease), 4);
+        // Never more than the batch, never less than one.
+        assert_eq!(lane_size(&c, limit(6_000.0, 100), lease), 10);
+        assert_eq!(lane_size(&c, limit(1.0, 0), lease), 1);
     }
 
     #[test]

@@ -958,8 +958,9 @@ on_both_backends!(a_message_is_delivered_after_a_kill_mid_send);
 async fn rate_limits_hold_sends_back_and_shutdown_releases_claims(backend: Backend) {
     let Some(h) = harness(backend, |c| {
         c.notify.dispatcher.enabled = true;
-        // Two at once, then one every ten minutes.
-        c.notify.rate_limits.sms.per_minute = 0.1;
+        // Two at once, then one every 15 s, the slowest a 60 s lease allows.
+        c.notify.dispatcher.lease_secs = 60;
+        c.notify.rate_limits.sms.per_minute = 4.0;
         c.notify.rate_limits.sms.burst = 2;
     })
     .await
@@ -1039,17 +1040,17 @@ async fn a_message_held_past_half_its_lease_is_released_and_sent_later(backend: 
         c.notify.dispatcher.lease_secs = 1;
         c.notify.email.timeout_ms = 400;
         c.notify.sms.timeout_ms = 400;
-        // One send every 0.3 s: of five claimed together, the fourth and fifth would begin
-        // 0.9 s and 1.2 s after the claim, past half of the 1 s lease.
-        c.notify.rate_limits.sms.per_minute = 200.0;
-        c.notify.rate_limits.sms.burst = 1;
+        // One send every 0.25 s after a burst of 8: a claim takes 8 + 1 (what the limit lets
+        // out in a quarter of the lease).
+        c.notify.rate_limits.sms.per_minute = 240.0;
+        c.notify.rate_limits.sms.burst = 8;
     })
     .await
     else {
         return;
     };
     let mut ids = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..18 {
         let payload = status_payload("");
         ids.push(
             h.enqueue(MessageChannel::Sms, PHONE, "report_status", payload)
@@ -1057,12 +1058,18 @@ async fn a_message_held_past_half_its_lease_is_released_and_sent_later(backend: 
         );
     }
     let dispatcher = h.dispatcher();
+    // The burst and one more: all sent within half the lease.
     let first = dispatcher.run_once().await.unwrap();
-    assert_eq!(first.claimed, 5, "{first:?}");
-    assert!(first.released >= 2, "{first:?}");
-    assert_eq!(first.sent + first.released, 5, "{first:?}");
-    assert_eq!(h.gateway.seen().len(), first.sent);
-    for id in &ids {
+    assert_eq!(first.claimed, 9, "{first:?}");
+    assert_eq!(first.sent, 9, "{first:?}");
+    // Straight after, with the bucket empty, one permit per 0.25 s: the messages that could
+    // not begin within half of their 1 s lease go back unsent and without using a permit.
+    let second = dispatcher.run_once().await.unwrap();
+    assert_eq!(second.claimed, 9, "{second:?}");
+    assert!(second.released >= 1, "{second:?}");
+    assert_eq!(second.sent + second.released, 9, "{second:?}");
+    assert_eq!(h.gateway.seen().len(), first.sent + second.sent);
+    for id in &ids[9..] {
         let row = h.state_of(*id).await;
         match row.state {
             MessageState::Sent => assert_eq!(row.attempts, 1),
@@ -1076,7 +1083,7 @@ async fn a_message_held_past_half_its_lease_is_released_and_sent_later(backend: 
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while h.gateway.seen().len() < 5 {
+    while h.gateway.seen().len() < ids.len() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "not all sent: {:?}",
