@@ -87,7 +87,7 @@ pub fn build_message(
         .raw_header(HeaderValue::new(MESSAGE_ID_HEADER, id.to_string()))
         .from(from.clone())
         .to(Mailbox::new(None, to))
-        .subject(rendered.subject.clone());
+        .subject(rendered.subject.as_ref());
     if let Some(url) = &rendered.unsubscribe_url {
         builder = builder
             .raw_header(HeaderValue::new(LIST_UNSUBSCRIBE, format!("<{url}>")))
@@ -98,8 +98,8 @@ pub fn build_message(
     }
     builder
         .multipart(MultiPart::alternative_plain_html(
-            rendered.text.clone(),
-            rendered.html.clone(),
+            rendered.text.to_string(),
+            rendered.html.to_string(),
         ))
         .map_err(|e| SendError::permanent(format!("message cannot be built: {e}")))
 }

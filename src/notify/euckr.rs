@@ -74,11 +74,11 @@ pub fn fit(text: &str) -> (String, SmsKind) {
     (format!("{}{ELLIPSIS}", kept.trim_end()), SmsKind::Lms)
 }
 
-/// `text` with `line` added when the result still fits in an LMS; `text` alone otherwise.
-pub fn append_if_fits(text: &str, line: &str) -> String {
-    let joined = format!("{text}\n{line}");
-    if byte_len(&joined) <= LMS_MAX_BYTES {
-        joined
+/// `text` (`text_bytes` long in EUC-KR) with `line` added when the result still fits in an
+/// LMS; `text` alone otherwise. Only `line` is measured.
+pub fn append_if_fits(text: &str, text_bytes: usize, line: &str) -> String {
+    if text_bytes + 1 + byte_len(line) <= LMS_MAX_BYTES {
+        format!("{text}\n{line}")
     } else {
         text.to_owned()
     }
@@ -139,8 +139,18 @@ mod tests {
     #[test]
     fn a_line_is_added_only_when_it_fits() {
         let url = "https://example.kr/unsubscribe/x";
-        assert!(append_if_fits("짧은 안내", url).ends_with(url));
+        let short = "짧은 안내";
+        assert_eq!(
+            append_if_fits(short, byte_len(short), url),
+            format!("{short}\n{url}")
+        );
+        // 1,990 bytes: with the line break and the 32-byte link, 2,023 > 2,000.
         let long = "가".repeat(995);
-        assert_eq!(append_if_fits(&long, url), long);
+        assert_eq!(append_if_fits(&long, byte_len(&long), url), long);
+        // Exactly at the limit still fits: 1,967 + 1 + 32 = 2,000.
+        let edge = "a".repeat(LMS_MAX_BYTES - 1 - url.len());
+        assert!(append_if_fits(&edge, edge.len(), url).ends_with(url));
+        let over = "a".repeat(LMS_MAX_BYTES - url.len());
+        assert_eq!(append_if_fits(&over, over.len(), url), over);
     }
 }

@@ -45,12 +45,13 @@ impl Lang {
     }
 }
 
-/// A message ready for either channel.
+/// A message ready for either channel. The e-mail parts are shared: a fan-out sends one notice
+/// to many recipients, and an SMS copy needs none of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
-    pub subject: String,
-    pub text: String,
-    pub html: String,
+    pub subject: Arc<str>,
+    pub text: Arc<str>,
+    pub html: Arc<str>,
     /// The SMS text before the SMS/LMS decision and its truncation.
     pub sms: String,
     /// One-click unsubscribe target for subscription mail (RFC 8058).
@@ -135,7 +136,20 @@ pub struct Renderer {
     store: DynStore,
     keys: Arc<Keys>,
     settings: Arc<RenderSettings>,
-    notices: moka::future::Cache<(Uuid, Lang), Arc<Rendered>>,
+    notices: moka::future::Cache<(Uuid, Lang), Arc<Notice>>,
+    /// Stands for a recipient's stop link in [`Notice::html_with_slot`]; random per process, so
+    /// no incident text can contain it.
+    link_slot: Arc<str>,
+}
+
+/// An outage notice rendered once per update and language, with what makes each recipient's
+/// copy cheap: the HTML with its stop line in place (the link a slot), and the SMS length.
+struct Notice {
+    rendered: Rendered,
+    html_with_slot: String,
+    /// [`Renderer::link_slot`] as the HTML shows it.
+    slot_escaped: String,
+    sms_bytes: usize,
 }
 
 macro_rules! template_files {
@@ -187,6 +201,7 @@ impl Renderer {
                 .max_capacity(NOTICE_CACHE_ENTRIES)
                 .time_to_live(NOTICE_CACHE_TTL)
                 .build(),
+            link_slot: format!("https://link-slot.invalid/{}", Uuid::new_v4().simple()).into(),
         })
     }
 
@@ -233,7 +248,7 @@ impl Renderer {
             "incident_update" => {
                 let p: IncidentPayload = payload(&message.payload, "incident_update")?;
                 let notice = self.notice(p.incident_id, p.update_id, lang).await?;
-                let mut rendered = Rendered::clone(&notice);
+                let mut rendered = notice.rendered.clone();
                 let stop_url = match (p.subscription_id, p.report_id) {
                     (Some(subscription), _) => Some(crate::subscribe::unsubscribe_url(
                         base,
@@ -246,23 +261,29 @@ impl Renderer {
                     (None, None) => None,
                 };
                 // The link goes into the forms the message's channel sends, and only those:
-                // this runs once per recipient of a fan-out.
+                // this runs once per recipient of a fan-out, so nothing here renders a template
+                // or measures the whole text again.
                 if let Some(url) = stop_url {
                     match message.channel {
                         MessageChannel::Email => {
-                            let line = match lang {
-                                Lang::Ko => format!("이 알림을 그만 받으려면: {url}"),
-                                Lang::En => format!("To stop these notices: {url}"),
-                            };
-                            rendered.text = format!("{}\n\n{line}", rendered.text);
-                            rendered.html = self.html(lang, &rendered.subject, &rendered.text)?;
+                            rendered.text =
+                                format!("{}\n\n{}", rendered.text, stop_line(lang, &url)).into();
+                            let escaped = minijinja::HtmlEscape(&url).to_string();
+                            rendered.html = notice
+                                .html_with_slot
+                                .replace(&notice.slot_escaped, &escaped)
+                                .into();
                         }
                         MessageChannel::Sms => {
                             let short = match lang {
                                 Lang::Ko => format!("수신거부 {url}"),
                                 Lang::En => format!("Stop: {url}"),
                             };
-                            rendered.sms = super::euckr::append_if_fits(&rendered.sms, &short);
+                            rendered.sms = super::euckr::append_if_fits(
+                                &rendered.sms,
+                                notice.sms_bytes,
+                                &short,
+                            );
                         }
                     }
                     rendered.unsubscribe_url = Some(url);
@@ -279,7 +300,7 @@ impl Renderer {
         incident_id: Uuid,
         update_id: Uuid,
         lang: Lang,
-    ) -> Result<Arc<Rendered>, RenderError> {
+    ) -> Result<Arc<Notice>, RenderError> {
         let this = self.clone();
         self.notices
             .try_get_with((update_id, lang), async move {
@@ -288,7 +309,15 @@ impl Renderer {
                     .find_incident(incident_id)
                     .await?
                     .ok_or(RenderError::MissingIncident(incident_id))?;
-                this.render_notice(&record, update_id, lang).map(Arc::new)
+                let rendered = this.render_notice(&record, update_id, lang)?;
+                let with_line =
+                    format!("{}\n\n{}", rendered.text, stop_line(lang, &this.link_slot));
+                Ok(Arc::new(Notice {
+                    html_with_slot: this.html(lang, &rendered.subject, &with_line)?,
+                    slot_escaped: minijinja::HtmlEscape(&this.link_slot).to_string(),
+                    sms_bytes: super::euckr::byte_len(&rendered.sms),
+                    rendered,
+                }))
             })
             .await
             .map_err(RenderError::Shared)
@@ -359,9 +388,9 @@ impl Renderer {
         let sms = state.call_macro("sms", &[])?.trim().to_owned();
         let html = self.html(lang, &subject, &text)?;
         Ok(Rendered {
-            subject,
-            text,
-            html,
+            subject: subject.into(),
+            text: text.into(),
+            html: html.into(),
             sms,
             unsubscribe_url: None,
         })
@@ -376,6 +405,14 @@ impl Renderer {
         Ok(self.env.get_template("layout.html")?.render(context! {
             lang => lang.as_str(), subject, paragraphs,
         })?)
+    }
+}
+
+/// The line an e-mail notice ends with: how to stop these notices.
+fn stop_line(lang: Lang, url: &str) -> String {
+    match lang {
+        Lang::Ko => format!("이 알림을 그만 받으려면: {url}"),
+        Lang::En => format!("To stop these notices: {url}"),
     }
 }
 
@@ -732,6 +769,14 @@ mod notice_tests {
         assert!(to_reporter.text.contains(&stop), "{}", to_reporter.text);
         let escaped = stop.replace('/', "&#x2f;");
         assert!(to_reporter.html.contains(&escaped), "{}", to_reporter.html);
+        // The link filled into the cached HTML gives what rendering the whole text would.
+        assert_eq!(
+            *to_reporter.html,
+            renderer
+                .html(Lang::Ko, &to_reporter.subject, &to_reporter.text)
+                .unwrap()
+        );
+        assert!(!to_reporter.html.contains("link-slot"));
         // Each channel gets the link in what it sends; the other forms are left as they were.
         assert!(!to_reporter.sms.contains(&stop));
         let mut by_sms = message("ko", None, Some(reporter));
@@ -748,7 +793,7 @@ mod notice_tests {
             .render(&message("ko", Some(subscriber), None))
             .await
             .unwrap();
-        assert!(again.text.starts_with(&first.text));
+        assert!(again.text.starts_with(&*first.text));
         assert!(
             again
                 .unsubscribe_url
