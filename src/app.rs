@@ -19,7 +19,7 @@ use crate::intake::{Batcher, BatcherOptions, Intake};
 use crate::notify::Dispatcher;
 use crate::ratelimit::{Limiters, Profile};
 use crate::store::{self, DynStore};
-use crate::subscribe::FanoutWorker;
+use crate::subscribe::{DeliveryCounts, FanoutWorker};
 use crate::web::Web;
 
 /// What every handler can reach: one shared allocation, so the clone axum makes for each
@@ -52,6 +52,8 @@ pub struct Shared {
     pub incidents: Arc<Incidents>,
     /// The public pages' rendered-page caches.
     pub web: Arc<Web>,
+    /// Fan-out delivery progress for staff, counted at most once per cache lifetime.
+    pub delivery: DeliveryCounts,
 }
 
 impl Shared {
@@ -145,7 +147,9 @@ impl App {
         let limiters = Limiters::new(&config.rate_limits)?;
         background.spawn(limiters.clone().run_pruner(background_shutdown.clone()));
         let web = Arc::new(Web::new(&config, incidents.mode()));
+        let delivery = DeliveryCounts::new(config.fanout.progress_cache());
         let state = AppState(Arc::new(Shared {
+            delivery,
             config: Arc::new(config),
             store,
             keys,

@@ -201,7 +201,7 @@ impl ReadCaches {
 }
 
 /// A failed load is shared by every caller that waited for it; each gets its own answer.
-fn load_failed(error: &StoreError) -> ApiError {
+pub(crate) fn load_failed(error: &StoreError) -> ApiError {
     if error.is_unavailable() {
         tracing::warn!(error = %error, "store unavailable for a public read");
         ApiError::StoreUnavailable {

@@ -46,6 +46,8 @@ pub struct FanoutConfig {
     pub batch_rows: u32,
     /// How often an idle worker looks for new fan-out jobs.
     pub poll_interval_ms: u64,
+    /// Delivery progress is counted at most once per this long per update; 0 counts every time.
+    pub progress_cache_ms: u64,
 }
 
 /// Largest batch: one transaction should stay short enough not to hold up other writers.
@@ -54,6 +56,10 @@ pub const MAX_BATCH_ROWS: u32 = 100_000;
 impl FanoutConfig {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn progress_cache(&self) -> Duration {
+        Duration::from_millis(self.progress_cache_ms)
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -22,6 +22,7 @@
 pub mod config;
 pub mod fanout;
 mod pages;
+mod progress;
 pub mod request;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use uuid::Uuid;
 
 pub use config::{FanoutConfig, SubscriptionsConfig};
 pub use fanout::FanoutWorker;
+pub use progress::DeliveryCounts;
 use request::{ConfirmBody, ConfirmWith, Lang, SubscribeBody, Target, ValidSubscribe};
 
 use crate::app::AppState;
@@ -452,8 +454,8 @@ pub(crate) async fn delivery(
         return Err(ApiError::NotFound);
     };
     let progress = state
-        .store
-        .fanout_progress(id, update_id)
+        .delivery
+        .get(&state.store, id, update_id)
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok((

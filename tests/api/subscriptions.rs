@@ -449,6 +449,7 @@ on_both_backends!(
     a_reporter_can_stop_the_notices_of_an_incident,
     unconfirmed_subscriptions_expire,
     fan_out_reaches_a_large_set_once_across_a_restart,
+    delivery_progress_is_counted_once_per_lifetime,
 );
 
 async fn bad_requests_are_refused_and_store_nothing(backend: Backend) {
@@ -1130,6 +1131,59 @@ async fn fan_out_reaches_a_large_set_once_across_a_restart(backend: Backend) {
         .await,
         expected
     );
+}
+
+/// Staff screens polling an update's delivery progress share one count per cache lifetime: the
+/// count walks every message of the update.
+async fn delivery_progress_is_counted_once_per_lifetime(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let app = SubApp::start(backend, Arc::new(db), |c| {
+        c.fanout.progress_cache_ms = 3_600_000;
+    })
+    .await;
+    let incident = app.declare("Kakao").await;
+    app.worker(100).drain().await.unwrap();
+    let kakao = SeedScope::Provider("Kakao");
+    seed_subscriptions(&app.db, backend, 1, 1, 300, "sms", "confirmed", kakao).await;
+    let update = app.post_update(incident).await;
+    let first = app.delivery(incident, update).await;
+    assert_eq!(
+        (&first["fanout"], &first["enqueued"]),
+        (&json!("pending"), &json!(0))
+    );
+
+    app.worker(100).drain().await.unwrap();
+    // The store has moved on; the screens see the count made for the first of them until the
+    // entry's lifetime ends.
+    let stored = app
+        .state
+        .store
+        .fanout_progress(incident, update)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.enqueued, 300);
+    assert_eq!(stored.messages.pending, 300);
+    for _ in 0..3 {
+        assert_eq!(app.delivery(incident, update).await, first);
+    }
+    // Another update is counted on its own.
+    let next = app.post_update(incident).await;
+    assert_eq!(app.delivery(incident, next).await["fanout"], "pending");
+    // An unknown update is still 404.
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!(
+                "/api/v1/incidents/{incident}/updates/{}/delivery",
+                Uuid::now_v7()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 async fn unconfirmed_subscriptions_expire(backend: Backend) {
