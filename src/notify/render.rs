@@ -140,6 +140,8 @@ pub struct Renderer {
     /// Stands for a recipient's stop link in [`Notice::html_with_slot`]; random per process, so
     /// no incident text can contain it.
     link_slot: Arc<str>,
+    /// [`Self::link_slot`] as the HTML shows it.
+    link_slot_html: Arc<str>,
 }
 
 /// An outage notice rendered once per update and language, with what makes each recipient's
@@ -147,8 +149,6 @@ pub struct Renderer {
 struct Notice {
     rendered: Rendered,
     html_with_slot: String,
-    /// [`Renderer::link_slot`] as the HTML shows it.
-    slot_escaped: String,
     sms_bytes: usize,
 }
 
@@ -183,6 +183,7 @@ impl Renderer {
                 .map_err(|e| anyhow::anyhow!("notification template {name}: {e}"))?;
         }
         let base = settings.public_base_url.trim_end_matches('/').to_owned();
+        let link_slot = format!("https://link-slot.invalid/{}", Uuid::new_v4().simple());
         let settings = RenderSettings {
             contact_url: if settings.contact_url.trim().is_empty() {
                 format!("{base}/status")
@@ -201,7 +202,8 @@ impl Renderer {
                 .max_capacity(NOTICE_CACHE_ENTRIES)
                 .time_to_live(NOTICE_CACHE_TTL)
                 .build(),
-            link_slot: format!("https://link-slot.invalid/{}", Uuid::new_v4().simple()).into(),
+            link_slot_html: minijinja::HtmlEscape(&link_slot).to_string().into(),
+            link_slot: link_slot.into(),
         })
     }
 
@@ -271,7 +273,7 @@ impl Renderer {
                             let escaped = minijinja::HtmlEscape(&url).to_string();
                             rendered.html = notice
                                 .html_with_slot
-                                .replace(&notice.slot_escaped, &escaped)
+                                .replace(&*self.link_slot_html, &escaped)
                                 .into();
                         }
                         MessageChannel::Sms => {
@@ -314,7 +316,6 @@ impl Renderer {
                     format!("{}\n\n{}", rendered.text, stop_line(lang, &this.link_slot));
                 Ok(Arc::new(Notice {
                     html_with_slot: this.html(lang, &rendered.subject, &with_line)?,
-                    slot_escaped: minijinja::HtmlEscape(&this.link_slot).to_string(),
                     sms_bytes: super::euckr::byte_len(&rendered.sms),
                     rendered,
                 }))

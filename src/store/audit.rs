@@ -33,6 +33,23 @@ pub(super) mod sql {
          FROM audit_log ORDER BY at DESC, id DESC LIMIT $1";
 }
 
+/// The insert of one audit entry, bound, for the caller to execute where it writes: on its pool,
+/// or in the transaction of the change the entry records.
+macro_rules! insert_audit {
+    ($entry:expr) => {{
+        let entry: &$crate::store::AuditEntry = $entry;
+        sqlx::query($crate::store::audit::sql::INSERT_AUDIT)
+            .bind(entry.id)
+            .bind($crate::store::to_millis(entry.at))
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(entry.target.as_deref())
+            .bind(entry.detail.as_ref().map(ToString::to_string))
+            .bind(entry.client_addr.as_deref())
+    }};
+}
+pub(super) use insert_audit;
+
 #[derive(sqlx::FromRow)]
 pub(super) struct AuditRow {
     id: Uuid,

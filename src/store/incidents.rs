@@ -616,14 +616,7 @@ macro_rules! impl_incident_store {
             tx: &mut sqlx::Transaction<'_, $db>,
             entry: &$crate::store::AuditEntry,
         ) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::audit::sql::INSERT_AUDIT)
-                .bind(entry.id)
-                .bind($crate::store::to_millis(entry.at))
-                .bind(&entry.actor)
-                .bind(&entry.action)
-                .bind(entry.target.as_deref())
-                .bind(entry.detail.as_ref().map(ToString::to_string))
-                .bind(entry.client_addr.as_deref())
+            $crate::store::audit::insert_audit!(entry)
                 .execute(&mut **tx)
                 .await
                 .map_err(<$store>::error)?;

@@ -250,14 +250,7 @@ macro_rules! impl_status_change {
                         .map_err(Self::error)?
                         .rows_affected();
                 }
-                sqlx::query($crate::store::audit::sql::INSERT_AUDIT)
-                    .bind(audit.id)
-                    .bind(to_millis(audit.at))
-                    .bind(&audit.actor)
-                    .bind(&audit.action)
-                    .bind(audit.target.as_deref())
-                    .bind(audit.detail.as_ref().map(ToString::to_string))
-                    .bind(audit.client_addr.as_deref())
+                $crate::store::audit::insert_audit!(audit)
                     .execute(&mut *tx)
                     .await
                     .map_err(Self::error)?;

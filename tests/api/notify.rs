@@ -112,6 +112,19 @@ impl Harness {
         message.id
     }
 
+    /// `n` status notices by SMS to [`PHONE`], queued; their ids.
+    async fn enqueue_sms_notices(&self, n: usize) -> Vec<Uuid> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let payload = status_payload("");
+            ids.push(
+                self.enqueue(MessageChannel::Sms, PHONE, "report_status", payload)
+                    .await,
+            );
+        }
+        ids
+    }
+
     async fn state_of(&self, id: Uuid) -> reliefline::store::OutboxMessage {
         self.app
             .store
@@ -967,18 +980,7 @@ async fn rate_limits_hold_sends_back_and_shutdown_releases_claims(backend: Backe
     else {
         return;
     };
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(
-            h.enqueue(
-                MessageChannel::Sms,
-                PHONE,
-                "report_status",
-                status_payload(""),
-            )
-            .await,
-        );
-    }
+    let ids = h.enqueue_sms_notices(5).await;
     eventually("the burst to be sent", || h.gateway.seen().len() == 2).await;
     let store = h.app.store.clone();
     eventually_async(&store, &ids, |rows| {
@@ -1049,14 +1051,7 @@ async fn a_message_held_past_half_its_lease_is_released_and_sent_later(backend: 
     else {
         return;
     };
-    let mut ids = Vec::new();
-    for _ in 0..18 {
-        let payload = status_payload("");
-        ids.push(
-            h.enqueue(MessageChannel::Sms, PHONE, "report_status", payload)
-                .await,
-        );
-    }
+    let ids = h.enqueue_sms_notices(18).await;
     let dispatcher = h.dispatcher();
     // The burst and one more: all sent within half the lease.
     let first = dispatcher.run_once().await.unwrap();

@@ -2,19 +2,12 @@ use async_trait::async_trait;
 
 use super::PgStore;
 use crate::store::audit::{AuditRow, sql};
-use crate::store::{AuditEntry, AuditStore, StoreResult, to_millis};
+use crate::store::{AuditEntry, AuditStore, StoreResult};
 
 #[async_trait]
 impl AuditStore for PgStore {
     async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
-        sqlx::query(sql::INSERT_AUDIT)
-            .bind(entry.id)
-            .bind(to_millis(entry.at))
-            .bind(&entry.actor)
-            .bind(&entry.action)
-            .bind(entry.target.as_deref())
-            .bind(entry.detail.as_ref().map(ToString::to_string))
-            .bind(entry.client_addr.as_deref())
+        crate::store::audit::insert_audit!(entry)
             .execute(&self.pool)
             .await
             .map_err(Self::error)?;
