@@ -10,6 +10,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod baseline;
+mod ceiling;
 mod client;
 mod fanout;
 mod lost;
@@ -444,6 +445,14 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
     let rss_open = svc.stop().await?;
 
     let audit = lost::audit(&ws.spec.database_url, &ws.spec.master_key, &receipts).await?;
+    // Phase 3, the service stopped: the same reports straight into the same store.
+    let ceiling = ceiling::measure(
+        &ws.spec.database_url,
+        common.postgres,
+        &samples,
+        duration.min(Duration::from_secs(5)),
+    )
+    .await?;
     ws.drop_database().await?;
 
     let ratio = sustainable / base.per_second;
@@ -547,6 +556,32 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
         ),
         ("other answers", others(&open, &[201, 429, 503])),
         ("transport errors", errors(&open)),
+    ]);
+    let store_share = ceiling.per_second / base.per_second;
+    println!(
+        "### The store alone: the same reports sealed and written straight into it, no HTTP \
+         ({} batches of {}, {} writer(s), commits timed)",
+        ceiling.reports / ceiling.batch,
+        ceiling.batch,
+        ceiling.writers
+    );
+    table(&[
+        ("reports/s committed", format!("{:.0}", ceiling.per_second)),
+        (
+            "ratio store alone / baseline",
+            format!(
+                "{store_share:.2}{}",
+                if store_share < 0.5 {
+                    "  (below 0.5: the intake target is out of reach on this store and machine)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "ratio intake / store alone",
+            format!("{:.2}", sustainable / ceiling.per_second),
+        ),
     ]);
     println!("### Service");
     table(&[

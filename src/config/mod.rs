@@ -85,6 +85,8 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
     pub busy_timeout_ms: u64,
+    /// SQLite: the background checkpoint interval; 0 = SQLite's own, inside commits.
+    pub sqlite_checkpoint_ms: u64,
     pub migrate_on_start: bool,
 }
 
@@ -94,6 +96,10 @@ impl DatabaseConfig {
     }
     pub fn busy_timeout(&self) -> Duration {
         Duration::from_millis(self.busy_timeout_ms)
+    }
+    /// `None`: SQLite checkpoints inside the commits, as it does by default.
+    pub fn sqlite_checkpoint(&self) -> Option<Duration> {
+        (self.sqlite_checkpoint_ms > 0).then(|| Duration::from_millis(self.sqlite_checkpoint_ms))
     }
 
     /// Which backend the URL selects. Validated at load time, so this cannot fail afterwards.
@@ -111,6 +117,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout_ms", &self.acquire_timeout_ms)
             .field("busy_timeout_ms", &self.busy_timeout_ms)
+            .field("sqlite_checkpoint_ms", &self.sqlite_checkpoint_ms)
             .field("migrate_on_start", &self.migrate_on_start)
             .finish()
     }
@@ -329,6 +336,9 @@ impl Config {
         }
         if intake.batch_max > 10_000 {
             return bad("intake.batch_max", "must be at most 10000");
+        }
+        if self.database.sqlite_checkpoint_ms > 60_000 {
+            return bad("database.sqlite_checkpoint_ms", "must be at most 60000");
         }
         if intake.max_queue_delay_ms > 60_000 {
             return bad("intake.max_queue_delay_ms", "must be at most 60000");

@@ -101,8 +101,8 @@ async fn not_found(request: Request) -> Response {
         ApiError::NotFound.into_response()
     };
     metrics::record(
-        metrics::UNMATCHED.to_owned(),
-        method.as_str().to_owned(),
+        metrics::UNMATCHED,
+        metrics::method_label(&method),
         404,
         started,
     );

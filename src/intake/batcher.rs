@@ -27,6 +27,12 @@ use crate::telemetry::names;
 /// How many times a report whose fresh receipt collided is given a new one.
 const RECEIPT_RETRIES: usize = 3;
 
+/// A batch stops waiting for company once no report has arrived for this long (the runtime's
+/// timers tick in milliseconds). Under a surge reports arrive far closer together, so batches
+/// still grow for the whole batch wait; when a burst of submissions is over, its batch is
+/// committed at once instead of idling out the wait.
+const ARRIVAL_GAP: Duration = Duration::from_millis(1);
+
 /// Why a report was not committed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -244,23 +250,9 @@ impl Collector {
         // Commits still running are tasks on the same tracker; shutdown waits for them.
     }
 
-    /// Take what is already queued, then wait briefly for more while the batch is small.
     async fn fill(&mut self, first: Job) -> Vec<Job> {
-        let mut batch = Vec::with_capacity(self.batch_max.min(1024));
-        batch.push(first);
         let wait = Duration::from_micros(self.batch_wait_us.load(Ordering::Relaxed));
-        let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < self.batch_max {
-            match self.receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) if wait.is_zero() => break,
-                Err(_) => match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                    Ok(Some(job)) => batch.push(job),
-                    Ok(None) | Err(_) => break,
-                },
-            }
-        }
-        batch
+        fill(&mut self.receiver, first, self.batch_max, wait, ARRIVAL_GAP).await
     }
 
     /// Commit on a free writer. While every writer is busy the queue keeps filling, so the
@@ -279,6 +271,35 @@ impl Collector {
             drop(permit);
         });
     }
+}
+
+/// Take what is already queued, then wait for more: until `wait` has passed since the first,
+/// or until they stop coming (none for `gap`), which ends the wait early when everyone who was
+/// about to submit has done so.
+async fn fill<T>(
+    receiver: &mut mpsc::Receiver<T>,
+    first: T,
+    max: usize,
+    wait: Duration,
+    gap: Duration,
+) -> Vec<T> {
+    let mut batch = Vec::with_capacity(max.min(1024));
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) if wait.is_zero() => break,
+            Err(_) => {
+                let until = deadline.min(tokio::time::Instant::now() + gap);
+                match tokio::time::timeout_at(until, receiver.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+    batch
 }
 
 async fn commit(store: &DynStore, batch: Vec<Job>, observer: Option<&CommitObserver>, pace: &Pace) {
@@ -352,6 +373,64 @@ async fn commit_one(store: &DynStore, mut write: ReportWrite) -> Result<Committe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Virtual time (paused): the elapsed times below are exact, not measured on a busy machine.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_closes_when_reports_stop_coming() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for n in 1..=3 {
+            tx.try_send(n).unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        let batch = fill(&mut rx, 0, 100, Duration::from_secs(10), ARRIVAL_GAP).await;
+        assert_eq!(batch, [0, 1, 2, 3]);
+        assert_eq!(
+            started.elapsed(),
+            ARRIVAL_GAP,
+            "not the whole 10 s batch wait"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_fills_the_batch_for_the_whole_wait() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (wait, gap, every) = (
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            Duration::from_millis(3),
+        );
+        let sender = tokio::spawn(async move {
+            for n in 1..100 {
+                tokio::time::sleep(every).await;
+                if tx.send(n).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let batch = fill(&mut rx, 0, 1_000, wait, gap).await;
+        assert_eq!(started.elapsed(), wait);
+        // One every 3 ms until 20 ms, after the first: none was ever 5 ms away.
+        assert_eq!(batch, [0, 1, 2, 3, 4, 5, 6]);
+        drop(rx);
+        sender.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_or_no_wait_closes_at_once() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for n in 1..=5 {
+            tx.try_send(n).unwrap();
+        }
+        let started = tokio::time::Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(fill(&mut rx, 0, 3, second, ARRIVAL_GAP).await, [0, 1, 2]);
+        assert_eq!(
+            fill(&mut rx, 9, 100, Duration::ZERO, second).await,
+            [9, 3, 4, 5]
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
 
     #[test]
     fn no_delay_bound_before_the_first_commit_or_when_off() {

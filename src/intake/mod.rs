@@ -174,7 +174,7 @@ impl Intake {
             }
         }
         let incident_id = report.incident_id;
-        let write = self.seal(report, channel, idempotency.as_ref());
+        let write = sealed_write(&self.keys, report, channel, idempotency.as_ref());
         let received_at = write.report.received_at;
         match self.batcher.submit(write).await {
             Ok(Committed { receipt }) => {
@@ -219,73 +219,74 @@ impl Intake {
             Err(CommitError::Store(e)) => Err(SubmitError::Internal(e.into())),
         }
     }
+}
 
-    /// The row to write: personal data sealed, a fresh receipt, a time-ordered id.
-    fn seal(
-        &self,
-        report: ValidReport,
-        channel: Channel,
-        idempotency: Option<&(IdempotencyKey, [u8; 32])>,
-    ) -> ReportWrite {
-        let ValidReport {
-            incident_id,
-            provider,
-            service,
-            reporter_type,
-            harm_type,
-            occurred_at,
-            amount_krw,
-            title,
-            description,
-            reporter,
-            notify_sms,
-            notify_email,
-        } = report;
-        let report = NewReport {
-            id: Uuid::now_v7(),
-            receipt: Receipt::generate(),
-            incident_id,
-            channel,
-            provider,
-            service,
-            reporter_type,
-            harm_type,
-            occurred_at,
-            amount_krw,
-            title,
-            description,
-            reporter_name: self.keys.seal(&reporter.name),
-            phone: reporter
-                .phone
-                .as_ref()
-                .map(|p| self.keys.seal_contact(&p.e164())),
-            email: reporter
-                .email
-                .as_ref()
-                .map(|e| self.keys.seal_contact(&e.normalised())),
-            notify_sms,
-            notify_email,
-            idempotency: idempotency.map(|(key, hash)| IdempotencyRecord {
-                key: key.as_str().to_owned(),
-                request_hash: *hash,
-            }),
-            // Millisecond precision: what is stored is exactly what was answered.
-            received_at: Utc::now().trunc_subsecs(3),
-        };
-        // The API has no language field yet: confirmations go out in Korean.
-        let outbox = crate::notify::receipt_confirmation(
-            &self.keys,
-            &report,
-            reporter.phone.as_ref().map(PhoneNumber::e164).as_deref(),
-            reporter
-                .email
-                .as_ref()
-                .map(EmailAddress::normalised)
-                .as_deref(),
-            Lang::Ko,
-        );
-        ReportWrite { report, outbox }
-    }
+/// Everything an accepted report writes: the report with its personal data sealed, a fresh
+/// receipt and a time-ordered id, and the receipt confirmations the reporter asked for.
+pub fn sealed_write(
+    keys: &Keys,
+    report: ValidReport,
+    channel: Channel,
+    idempotency: Option<&(IdempotencyKey, [u8; 32])>,
+) -> ReportWrite {
+    let ValidReport {
+        incident_id,
+        provider,
+        service,
+        reporter_type,
+        harm_type,
+        occurred_at,
+        amount_krw,
+        title,
+        description,
+        reporter,
+        notify_sms,
+        notify_email,
+    } = report;
+    let report = NewReport {
+        id: Uuid::now_v7(),
+        receipt: Receipt::generate(),
+        incident_id,
+        channel,
+        provider,
+        service,
+        reporter_type,
+        harm_type,
+        occurred_at,
+        amount_krw,
+        title,
+        description,
+        reporter_name: keys.seal(&reporter.name),
+        phone: reporter
+            .phone
+            .as_ref()
+            .map(|p| keys.seal_contact(&p.e164())),
+        email: reporter
+            .email
+            .as_ref()
+            .map(|e| keys.seal_contact(&e.normalised())),
+        notify_sms,
+        notify_email,
+        idempotency: idempotency.map(|(key, hash)| IdempotencyRecord {
+            key: key.as_str().to_owned(),
+            request_hash: *hash,
+        }),
+        // Millisecond precision: what is stored is exactly what was answered.
+        received_at: Utc::now().trunc_subsecs(3),
+    };
+    // The API has no language field yet: confirmations go out in Korean.
+    let outbox = crate::notify::receipt_confirmation(
+        keys,
+        &report,
+        reporter.phone.as_ref().map(PhoneNumber::e164).as_deref(),
+        reporter
+            .email
+            .as_ref()
+            .map(EmailAddress::normalised)
+            .as_deref(),
+        Lang::Ko,
+    );
+    ReportWrite { report, outbox }
 }
 
 /// Submit a harm report. `201` comes only after the report is durably committed.

@@ -39,6 +39,22 @@ async fn metrics_are_labelled_by_route_not_path(backend: Backend) {
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
+    // A client may send any token as a method: it never becomes a label of its own.
+    let brew = reqwest::Method::from_bytes(b"BREW8C1F2").unwrap();
+    let r = app
+        .client
+        .request(brew.clone(), app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let r = app
+        .client
+        .request(brew, app.url("/api/no/such/path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 
     let metrics_addr = app.metrics_addr.expect("own metrics listener");
     let text = app
@@ -58,8 +74,20 @@ async fn metrics_are_labelled_by_route_not_path(backend: Backend) {
     );
     assert!(text.contains(r#"route="unmatched""#), "{text}");
     assert!(
-        !text.contains("8c1f2"),
-        "raw paths must never become labels"
+        text.contains(
+            r#"reliefline_http_requests_total{route="/healthz",method="other",status="405"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"reliefline_http_requests_total{route="unmatched",method="other",status="404"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("8c1f2") && !text.contains("8C1F2"),
+        "raw paths and methods must never become labels"
     );
     assert!(
         text.contains("reliefline_http_request_duration_seconds_bucket"),

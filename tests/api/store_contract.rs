@@ -216,3 +216,40 @@ on_both_backends!(
     a_report_for_an_unknown_incident_is_refused,
     audit_entries_are_kept_in_order,
 );
+
+/// On SQLite the writer never checkpoints; a connection of its own copies the log into the
+/// database file on a timer. The file only grows by checkpoints, so it growing while nothing is
+/// closed shows the checkpointer at work (without it the rows would sit in the log for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_run_beside_the_writer() {
+    let db = TestDb::new(Backend::Sqlite)
+        .await
+        .expect("SQLite needs no server");
+    let mut config = test_config(&db);
+    config.database.sqlite_checkpoint_ms = 20;
+    let store = store::connect(&config.database).await.unwrap();
+    store.migrate().await.unwrap();
+    let file = db.dir().join("reliefline.db");
+    let wal = db.dir().join("reliefline.db-wal");
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let before = size(&file);
+    let mut receipts = Vec::new();
+    for batch in 0..20 {
+        let writes: Vec<_> = (0..100).map(|n| report(batch * 100 + n)).collect();
+        receipts.extend(writes.iter().map(|w| w.report.receipt.clone()));
+        store.insert_reports(&writes).await.unwrap();
+    }
+    assert!(size(&wal) > 0, "the writes went to the log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size(&file) <= before + 512 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file did not grow beyond {before} bytes: no checkpoint ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for receipt in [&receipts[0], &receipts[receipts.len() - 1]] {
+        assert!(store.find_report(receipt).await.unwrap().is_some());
+    }
+    store.close().await;
+}

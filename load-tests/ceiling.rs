@@ -1,0 +1,78 @@
+//! The store's own ceiling for intake: the surge's reports, checked and sealed exactly as the
+//! service does it, written straight into the store in batches of `intake.batch_max` by as many
+//! writers as the service uses, with no HTTP, queue or handler in front. Only the commits are
+//! timed (building the batches is not).
+//!
+//! Intake can never commit faster than this; how far below it the service stays is what HTTP,
+//! the batcher and the dispatcher sharing the writer cost. And if this ceiling is itself below a
+//! target set against the baseline, no service on this store and machine could reach that target.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use reliefline::config::Config;
+use reliefline::crypto::Keys;
+use reliefline::domain::Channel;
+use reliefline::intake::{ValidReport, sealed_write};
+use reliefline::store::{self, ReportWrite};
+use secrecy::SecretString;
+
+use crate::reports::Sample;
+
+/// What the store committed on its own.
+pub struct Ceiling {
+    pub per_second: f64,
+    pub reports: usize,
+    pub batch: usize,
+    pub writers: usize,
+}
+
+/// Write batches into the store at `database_url` until `budget` of commit time has passed.
+pub async fn measure(
+    database_url: &str,
+    postgres: bool,
+    samples: &[Sample],
+    budget: Duration,
+) -> anyhow::Result<Ceiling> {
+    let mut config = Config::defaults()?;
+    config.database.url = SecretString::from(database_url.to_owned());
+    let batch = config.intake.batch_max;
+    let writers = if postgres {
+        config.intake.postgres_writers
+    } else {
+        1
+    };
+    let store = store::connect(&config.database).await?;
+    let keys = Keys::from_master(&rand::random());
+    let mut next = samples.iter().cycle();
+    let mut build = || -> anyhow::Result<Vec<ReportWrite>> {
+        (0..batch)
+            .map(|_| {
+                let sample = next.next().context("no samples")?;
+                let body: serde_json::Value = serde_json::from_slice(&sample.body)?;
+                let valid = ValidReport::from_json(&body, chrono::Utc::now())
+                    .map_err(|e| anyhow::anyhow!("a benchmark report is invalid: {e:?}"))?;
+                Ok(sealed_write(&keys, valid, Channel::Api, None))
+            })
+            .collect()
+    };
+    let (mut spent, mut reports) = (Duration::ZERO, 0);
+    while spent < budget {
+        let batches = (0..writers)
+            .map(|_| build())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let started = Instant::now();
+        futures::future::try_join_all(batches.iter().map(|b| store.insert_reports(b)))
+            .await
+            .context("writing a batch straight into the store")?;
+        spent += started.elapsed();
+        reports += batch * writers;
+    }
+    store.close().await;
+    Ok(Ceiling {
+        per_second: reports as f64 / spent.as_secs_f64(),
+        reports,
+        batch,
+        writers,
+    })
+}
