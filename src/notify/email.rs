@@ -65,7 +65,7 @@ impl EmailTransport {
     ) -> Result<Delivered, SendError> {
         let message = build_message(from, id, to, rendered)?;
         match self {
-            Self::File(dir) => spool(dir, id, &message.formatted()).await,
+            Self::File(dir) => spool(dir, id, message.formatted()).await,
             Self::Smtp(pool) => pool.send(&message).await,
         }
     }
@@ -104,17 +104,19 @@ pub fn build_message(
         .map_err(|e| SendError::permanent(format!("message cannot be built: {e}")))
 }
 
-/// Write `{id}.eml` whole or not at all: a temporary file renamed into place.
-async fn spool(dir: &std::path::Path, id: Uuid, bytes: &[u8]) -> Result<Delivered, SendError> {
+/// Write `{id}.eml` whole or not at all: a temporary file renamed into place, in one trip to
+/// the blocking pool (each trip is a hand-over between threads).
+async fn spool(dir: &std::path::Path, id: Uuid, bytes: Vec<u8>) -> Result<Delivered, SendError> {
     let tmp = dir.join(format!(".{id}.eml.tmp"));
     let path = dir.join(format!("{id}.eml"));
-    let write = async {
-        tokio::fs::write(&tmp, bytes).await?;
-        tokio::fs::rename(&tmp, &path).await
-    };
-    write
-        .await
-        .map_err(|e| SendError::transient(format!("e-mail spool: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .flatten()
+    .map_err(|e| SendError::transient(format!("e-mail spool: {e}")))?;
     Ok(Delivered::default())
 }
 

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use secrecy::ExposeSecret as _;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt as _;
+use std::io::Write as _;
 use uuid::Uuid;
 
 use super::config::{SmsConfig, SmsFormat, SmsTransportKind};
@@ -78,19 +78,20 @@ impl FileSpool {
         let mut line = serde_json::to_vec(message)
             .map_err(|e| SendError::permanent(format!("SMS spool: {e}")))?;
         line.push(b'\n');
+        // One trip to the blocking pool per line (open, append, close), not one per step.
         let _guard = self.lock.lock().await;
-        let write = async {
-            let mut file = tokio::fs::OpenOptions::new()
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&self.path)
-                .await?;
-            file.write_all(&line).await?;
-            file.flush().await
-        };
-        write
-            .await
-            .map_err(|e| SendError::transient(format!("SMS spool: {e}")))?;
+                .open(path)?
+                .write_all(&line)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .flatten()
+        .map_err(|e| SendError::transient(format!("SMS spool: {e}")))?;
         Ok(Delivered::default())
     }
 }
