@@ -14,6 +14,7 @@ use reliefline::config::Config;
 use reliefline::crypto::Keys;
 use reliefline::domain::Channel;
 use reliefline::intake::{ValidReport, sealed_write};
+use reliefline::notify::Lang;
 use reliefline::store::{self, ReportWrite};
 use secrecy::SecretString;
 
@@ -52,7 +53,7 @@ pub async fn measure(
                 let body: serde_json::Value = serde_json::from_slice(&sample.body)?;
                 let valid = ValidReport::from_json(&body, chrono::Utc::now())
                     .map_err(|e| anyhow::anyhow!("a benchmark report is invalid: {e:?}"))?;
-                Ok(sealed_write(&keys, valid, Channel::Api, None))
+                Ok(sealed_write(&keys, valid, Channel::Api, Lang::Ko, None))
             })
             .collect()
     };

@@ -105,9 +105,6 @@ pub(crate) async fn change_status(
             sms_id: Uuid::now_v7(),
             email_id: Uuid::now_v7(),
             template: crate::notify::REPORT_STATUS_TEMPLATE.to_owned(),
-            // Reports carry no language yet: notices about them go out in Korean, as the
-            // receipt confirmation does.
-            lang: "ko".to_owned(),
             payload: crate::notify::report_status_payload(
                 &receipt,
                 asked.status,

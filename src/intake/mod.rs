@@ -162,6 +162,7 @@ impl Intake {
         &self,
         report: ValidReport,
         channel: Channel,
+        lang: Lang,
         idempotency: Option<(IdempotencyKey, [u8; 32])>,
     ) -> Result<Accepted, SubmitError> {
         if let Some((key, hash)) = &idempotency {
@@ -174,7 +175,7 @@ impl Intake {
             }
         }
         let incident_id = report.incident_id;
-        let write = sealed_write(&self.keys, report, channel, idempotency.as_ref());
+        let write = sealed_write(&self.keys, report, channel, lang, idempotency.as_ref());
         let received_at = write.report.received_at;
         match self.batcher.submit(write).await {
             Ok(Committed { receipt }) => {
@@ -222,11 +223,13 @@ impl Intake {
 }
 
 /// Everything an accepted report writes: the report with its personal data sealed, a fresh
-/// receipt and a time-ordered id, and the receipt confirmations the reporter asked for.
+/// receipt and a time-ordered id, and the receipt confirmations the reporter asked for, in the
+/// reporter's language (as every later notice to them).
 pub fn sealed_write(
     keys: &Keys,
     report: ValidReport,
     channel: Channel,
+    lang: Lang,
     idempotency: Option<&(IdempotencyKey, [u8; 32])>,
 ) -> ReportWrite {
     let ValidReport {
@@ -267,6 +270,7 @@ pub fn sealed_write(
             .map(|e| keys.seal_contact(&e.normalised())),
         notify_sms,
         notify_email,
+        lang: lang.as_str().to_owned(),
         idempotency: idempotency.map(|(key, hash)| IdempotencyRecord {
             key: key.as_str().to_owned(),
             request_hash: *hash,
@@ -274,7 +278,6 @@ pub fn sealed_write(
         // Millisecond precision: what is stored is exactly what was answered.
         received_at: Utc::now().trunc_subsecs(3),
     };
-    // The API has no language field yet: confirmations go out in Korean.
     let outbox = crate::notify::receipt_confirmation(
         keys,
         &report,
@@ -284,7 +287,7 @@ pub fn sealed_write(
             .as_ref()
             .map(EmailAddress::normalised)
             .as_deref(),
-        Lang::Ko,
+        lang,
     );
     ReportWrite { report, outbox }
 }
@@ -336,9 +339,12 @@ pub(crate) async fn submit_report(
     };
     let report = ValidReport::from_json(&value, Utc::now()).map_err(SubmitError::Invalid)?;
     let idempotency = idempotency.map(|key| (key, idempotency::request_hash(&value)));
+    // The body has no language field (the contract is fixed); the client's Accept-Language
+    // chooses the language of the notices, Korean when it names neither.
+    let (lang, _) = crate::web::i18n::Lang::negotiate(None, &headers);
     let accepted = state
         .intake
-        .submit(report, Channel::Api, idempotency)
+        .submit(report, Channel::Api, lang.into(), idempotency)
         .await?;
     Ok(accepted.into_response())
 }

@@ -137,7 +137,7 @@ pub(super) mod sql {
     }
 
     /// The reports of one range that ask for notices on one channel (`sms`/`phone` or
-    /// `email`/`email`) as `report_id, hmac, recipient, wanted`, with `nth` = 1 on the first
+    /// `email`/`email`) as `report_id, hmac, recipient, lang, wanted`, with `nth` = 1 on the first
     /// report of each contact in the range.
     macro_rules! range_reports {
         ($channel:literal, $contact:literal, $cursor:literal, $upper:literal) => {
@@ -146,7 +146,7 @@ pub(super) mod sql {
                 $contact,
                 "_hmac AS hmac, r.",
                 $contact,
-                "_enc AS recipient, r.incident_notices AS wanted, row_number() OVER \
+                "_enc AS recipient, r.lang, r.incident_notices AS wanted, row_number() OVER \
                  (PARTITION BY r.",
                 $contact,
                 "_hmac ORDER BY r.id) AS nth FROM reports r WHERE r.incident_id = $1 AND r.id > ",
@@ -170,7 +170,7 @@ pub(super) mod sql {
             concat!(
                 "SELECT x.report_id, '",
                 $channel,
-                "' AS channel, x.recipient FROM (",
+                "' AS channel, x.recipient, x.lang FROM (",
                 $crate::store::fanout::sql::range_reports!($channel, $contact, "$3", "$4"),
                 ") x WHERE x.nth = 1 AND x.wanted AND NOT EXISTS (SELECT 1 FROM fanout_contacts f \
                  WHERE f.update_id = $5 AND f.channel = '",
@@ -185,7 +185,7 @@ pub(super) mod sql {
         };
     }
 
-    /// Both channels of one range of reports, as `report_id, channel, recipient`.
+    /// Both channels of one range of reports, as `report_id, channel, recipient, lang`.
     macro_rules! reporters {
         () => {
             concat!(

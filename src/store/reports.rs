@@ -50,7 +50,7 @@ pub struct StatusNotice {
     pub sms_id: Uuid,
     pub email_id: Uuid,
     pub template: String,
-    pub lang: String,
+    /// The language is the report's own (`reports.lang`).
     pub payload: serde_json::Value,
 }
 
@@ -91,6 +91,8 @@ pub struct NewReport {
     pub email: Option<SealedContact>,
     pub notify_sms: bool,
     pub notify_email: bool,
+    /// `ko` or `en`: the language of every notice to this reporter.
+    pub lang: String,
     pub idempotency: Option<IdempotencyRecord>,
     pub received_at: Timestamp,
 }
@@ -157,7 +159,7 @@ pub(super) mod sql {
     pub const REPORT_COLUMNS: &str = "id, receipt, incident_id, channel, provider, service, \
          reporter_type, harm_type, occurred_at, amount_krw, title, description, \
          reporter_name_enc, phone_enc, phone_hmac, email_enc, email_hmac, notify_sms, \
-         notify_email, status, idempotency_key, request_hash, received_at, updated_at";
+         notify_email, status, idempotency_key, request_hash, received_at, updated_at, lang";
 
     pub const EVENT_COLUMNS: &str = "id, report_id, status, note, public, actor, at";
 
@@ -170,13 +172,14 @@ pub(super) mod sql {
     pub const INSERT_EVENT: &str = "INSERT INTO report_events (id, report_id, status, note, \
          public, actor, at) VALUES ($1, $2, $3, $4, TRUE, $5, $6)";
 
-    /// The notice on channel `$2` (`sms` or `email`) to report `$8`'s own sealed contact, if
+    /// The notice on channel `$2` (`sms` or `email`) to report `$5`'s own sealed contact, in the
+    /// report's language, if
     /// the reporter asked for notices there; `$6` is the report id as the message's source.
     pub const NOTIFY_REPORTER: &str = "INSERT INTO outbox (id, channel, template, lang, \
          recipient_enc, payload, source_kind, source_id, state, attempts, next_attempt_at, \
          created_at, updated_at) \
-         SELECT $1, $2, $3, $4, CASE WHEN $2 = 'sms' THEN r.phone_enc ELSE r.email_enc END, \
-         $5, 'report_status', $6, 'pending', 0, $7, $7, $7 FROM reports r WHERE r.id = $6 \
+         SELECT $1, $2, $3, r.lang, CASE WHEN $2 = 'sms' THEN r.phone_enc ELSE r.email_enc END, \
+         $4, 'report_status', $5, 'pending', 0, $6, $6, $6 FROM reports r WHERE r.id = $5 \
          AND CASE WHEN $2 = 'sms' THEN r.notify_sms AND r.phone_enc IS NOT NULL \
          ELSE r.notify_email AND r.email_enc IS NOT NULL END";
 }
@@ -241,7 +244,6 @@ macro_rules! impl_status_change {
                         .bind(id)
                         .bind(channel)
                         .bind(notice.template.as_str())
-                        .bind(notice.lang.as_str())
                         .bind(payload.as_str())
                         .bind(report_id)
                         .bind(at)

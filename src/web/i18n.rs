@@ -76,6 +76,16 @@ impl Lang {
     }
 }
 
+/// The language a page was read in is the one its notices are written in.
+impl From<Lang> for crate::notify::Lang {
+    fn from(lang: Lang) -> Self {
+        match lang {
+            Lang::Ko => Self::Ko,
+            Lang::En => Self::En,
+        }
+    }
+}
+
 /// The supported language the client ranks highest; Korean when it names neither.
 fn from_accept_language(header: &str) -> Lang {
     let mut best: Option<(f32, Lang)> = None;

@@ -635,7 +635,11 @@ pub async fn submit_report(
     };
     let key = IdempotencyKey::parse(form.idem.as_bytes()).ok();
     let idempotency = key.map(|k| (k, idempotency::request_hash(&json)));
-    match state.intake.submit(report, Channel::Web, idempotency).await {
+    match state
+        .intake
+        .submit(report, Channel::Web, lang.into(), idempotency)
+        .await
+    {
         Ok(accepted) => {
             let t = lang.text();
             let page = ReceiptPage {

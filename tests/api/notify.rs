@@ -847,6 +847,7 @@ async fn reports_and_their_outbox_rows_commit_together(backend: Backend) {
             email: Some(keys.seal_contact("hong@example.kr")),
             notify_sms: true,
             notify_email: true,
+            lang: "ko".into(),
             idempotency: None,
             received_at: Utc::now(),
         };

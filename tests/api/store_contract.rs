@@ -47,6 +47,7 @@ fn report(n: u32) -> ReportWrite {
             email: None,
             notify_sms: true,
             notify_email: false,
+            lang: "ko".into(),
             idempotency: None,
             received_at: Utc::now(),
         },

@@ -107,6 +107,7 @@ fn report_for(incident: Option<Uuid>) -> ReportWrite {
             email: Some(keys.seal_contact("hong@example.kr")),
             notify_sms: false,
             notify_email: false,
+            lang: "ko".into(),
             idempotency: None,
             received_at: Utc::now(),
         },

@@ -265,19 +265,23 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
 }
 
 async fn text(db: &TestDb, sql: &str) -> String {
+    texts(db, sql).await.into_iter().next().expect("one row")
+}
+
+async fn texts(db: &TestDb, sql: &str) -> Vec<String> {
     let sql = sql.to_owned();
     let sql2 = sql.clone();
     with_pool(
         db,
         async move |p| {
             sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&p)
+                .fetch_all(&p)
                 .await
                 .unwrap()
         },
         async move |p| {
             sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql2))
-                .fetch_one(&p)
+                .fetch_all(&p)
                 .await
                 .unwrap()
         },
@@ -450,6 +454,7 @@ on_both_backends!(
     unconfirmed_subscriptions_expire,
     fan_out_reaches_a_large_set_once_across_a_restart,
     delivery_progress_is_counted_once_per_lifetime,
+    each_reporter_hears_in_the_language_they_reported_in,
 );
 
 async fn bad_requests_are_refused_and_store_nothing(backend: Backend) {
@@ -957,22 +962,7 @@ async fn a_reporter_can_stop_the_notices_of_an_incident(backend: Backend) {
     let reached = async |update: Uuid| -> Vec<String> {
         let source = uuid_sql(backend, update);
         let sql = format!("SELECT payload FROM outbox WHERE source_id = {source}");
-        let payloads = with_pool(
-            &app.db,
-            async |p| {
-                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone()))
-                    .fetch_all(&p)
-                    .await
-                    .unwrap()
-            },
-            async |p| {
-                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.clone()))
-                    .fetch_all(&p)
-                    .await
-                    .unwrap()
-            },
-        )
-        .await;
+        let payloads = texts(&app.db, &sql).await;
         let mut reports: Vec<String> = payloads
             .iter()
             .map(|p| serde_json::from_str::<Value>(p).unwrap()["report_id"].to_string())
@@ -1220,4 +1210,92 @@ async fn unconfirmed_subscriptions_expire(backend: Backend) {
         app.count("SELECT count(*) FROM confirmation_sends").await,
         1
     );
+}
+
+/// A reporter who reads English (the page's language, or the API client's `Accept-Language`)
+/// gets the receipt confirmation, status notices and incident notices in English; everyone
+/// else in Korean.
+async fn each_reporter_hears_in_the_language_they_reported_in(backend: Backend) {
+    let Some(app) = SubApp::spawn(backend).await else {
+        return;
+    };
+    let incident = app.declare("Kakao").await;
+    app.worker(100).drain().await.unwrap();
+    let mut receipts = Vec::new();
+    for (n, accept) in [
+        (1, Some("en-GB,en;q=0.9,ko;q=0.5")),
+        (2, Some("fr-FR, ko;q=0.3")),
+        (3, None),
+    ] {
+        let mut report = crate::helpers::sample_report();
+        report["incident_id"] = json!(incident);
+        report["reporter"]["phone"] = json!(format!("010-5555-000{n}"));
+        let mut request = app.client.post(app.url("/api/v1/reports")).json(&report);
+        if let Some(accept) = accept {
+            request = request.header("accept-language", accept);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        receipts.push(body["receipt"].as_str().unwrap().to_owned());
+    }
+    let langs = async |source_kind: &str| {
+        // Receipt confirmations and status notices name their report as the source; incident
+        // notices name it in the payload.
+        let report_id_text = match backend {
+            Backend::Sqlite => {
+                "lower(substr(hex(r.id), 1, 8) || '-' || substr(hex(r.id), 9, 4) || '-' || \
+                 substr(hex(r.id), 13, 4) || '-' || substr(hex(r.id), 17, 4) || '-' || \
+                 substr(hex(r.id), 21, 12))"
+            }
+            Backend::Postgres => "r.id::text",
+        };
+        let payload_report = match backend {
+            Backend::Sqlite => "json_extract(o.payload, '$.report_id')",
+            Backend::Postgres => "(o.payload::json ->> 'report_id')",
+        };
+        let sql = format!(
+            "SELECT r.receipt || ' ' || o.lang FROM outbox o JOIN reports r ON \
+             r.id = o.source_id OR {report_id_text} = {payload_report} \
+             WHERE o.source_kind = '{source_kind}'"
+        );
+        let mut rows = texts(&app.db, &sql).await;
+        rows.sort();
+        rows
+    };
+    let expected = |langs: [&str; 3]| {
+        let mut rows: Vec<String> = receipts
+            .iter()
+            .zip(langs)
+            .map(|(r, l)| format!("{r} {l}"))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(langs("report").await, expected(["en", "ko", "ko"]));
+
+    let update = app.post_update(incident).await;
+    app.worker(100).drain().await.unwrap();
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM outbox WHERE source_kind = 'incident_update' AND source_id = {}",
+            uuid_sql(backend, update)
+        ))
+        .await,
+        3
+    );
+    assert_eq!(langs("incident_update").await, expected(["en", "ko", "ko"]));
+
+    for receipt in &receipts {
+        let changed = app
+            .client
+            .post(app.url(&format!("/api/v1/reports/{receipt}/status")))
+            .bearer_auth(TOKEN)
+            .json(&json!({"status": "in_review"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(changed.status(), StatusCode::OK);
+    }
+    assert_eq!(langs("report_status").await, expected(["en", "ko", "ko"]));
 }

@@ -35,7 +35,7 @@ mod fanout_sql {
         outbox_columns!(),
         "SELECT ",
         new_id!(),
-        ", c.channel, 'incident_update', 'ko', c.recipient, \
+        ", c.channel, 'incident_update', c.lang, c.recipient, \
          json_build_object('incident_id', $7::text, 'update_id', $8::text, \
          'subscription_id', NULL, 'report_id', c.report_id)::text, \
          'incident_update', $5, 'pending', 0, $6, $6, $6 FROM ",

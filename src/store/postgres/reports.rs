@@ -16,18 +16,19 @@ use crate::store::{
 const INSERT_REPORTS: &str = "INSERT INTO reports (id, receipt, incident_id, channel, provider, \
      service, reporter_type, harm_type, occurred_at, amount_krw, title, description, \
      reporter_name_enc, phone_enc, phone_hmac, email_enc, email_hmac, notify_sms, notify_email, \
-     status, idempotency_key, request_hash, received_at, updated_at) \
+     status, idempotency_key, request_hash, received_at, updated_at, lang) \
      SELECT id, receipt, incident_id, channel, provider, service, reporter_type, harm_type, \
      occurred_at, amount_krw, title, description, reporter_name_enc, phone_enc, phone_hmac, \
      email_enc, email_hmac, notify_sms, notify_email, $20, idempotency_key, request_hash, \
-     received_at, received_at \
+     received_at, received_at, lang \
      FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
      $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[], $12::text[], $13::bytea[], \
      $14::bytea[], $15::bytea[], $16::bytea[], $17::bytea[], $18::bool[], $19::bool[], \
-     $21::text[], $22::bytea[], $23::int8[]) \
+     $21::text[], $22::bytea[], $23::int8[], $24::text[]) \
      AS t(id, receipt, incident_id, channel, provider, service, reporter_type, harm_type, \
      occurred_at, amount_krw, title, description, reporter_name_enc, phone_enc, phone_hmac, \
-     email_enc, email_hmac, notify_sms, notify_email, idempotency_key, request_hash, received_at)";
+     email_enc, email_hmac, notify_sms, notify_email, idempotency_key, request_hash, received_at, \
+     lang)";
 
 const INSERT_EVENTS: &str = "INSERT INTO report_events (id, report_id, status, note, public, \
      actor, at) SELECT id, report_id, $3, NULL, TRUE, NULL, at \
@@ -66,6 +67,7 @@ struct ReportColumns<'a> {
     idempotency_key: Vec<Option<&'a str>>,
     request_hash: Vec<Option<&'a [u8]>>,
     received_at: Vec<i64>,
+    lang: Vec<&'a str>,
 }
 
 impl<'a> ReportColumns<'a> {
@@ -101,6 +103,7 @@ impl<'a> ReportColumns<'a> {
             c.request_hash
                 .push(r.idempotency.as_ref().map(|i| i.request_hash.as_slice()));
             c.received_at.push(to_millis(r.received_at));
+            c.lang.push(&r.lang);
         }
         c
     }
@@ -138,6 +141,7 @@ impl ReportStore for PgStore {
             .bind(&c.idempotency_key)
             .bind(&c.request_hash)
             .bind(&c.received_at)
+            .bind(&c.lang)
             .execute(&mut *tx)
             .await
             .map_err(Self::error)?;

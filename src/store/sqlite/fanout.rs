@@ -54,7 +54,7 @@ mod fanout_sql {
         outbox_columns!(),
         "SELECT ",
         new_id!(),
-        ", c.channel, 'incident_update', 'ko', c.recipient, \
+        ", c.channel, 'incident_update', c.lang, c.recipient, \
          json_object('incident_id', $7, 'update_id', $8, 'subscription_id', NULL, \
          'report_id', ",
         uuid_text!("c.report_id"),

@@ -26,7 +26,7 @@ impl ReportStore for SqliteStore {
         // one hand-off between the runtime and the database thread instead of one per
         // statement, which under a surge is most of a commit's latency.
         let mut q = QueryBuilder::<Sqlite>::new("BEGIN IMMEDIATE; ");
-        for chunk in batch.chunks(MAX_PARAMS / 24) {
+        for chunk in batch.chunks(MAX_PARAMS / 25) {
             q.push(format_args!(
                 "INSERT INTO reports ({}) ",
                 sql::REPORT_COLUMNS
@@ -57,7 +57,8 @@ impl ReportStore for SqliteStore {
                     .push_bind(r.idempotency.as_ref().map(|i| i.key.as_str()))
                     .push_bind(r.idempotency.as_ref().map(|i| i.request_hash.as_slice()))
                     .push_bind(received)
-                    .push_bind(received);
+                    .push_bind(received)
+                    .push_bind(r.lang.as_str());
             });
             q.push("; ");
         }
