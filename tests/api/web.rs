@@ -703,6 +703,49 @@ async fn switching_language_on_a_form_keeps_what_was_typed(backend: Backend) {
     app.stop().await;
 }
 
+/// The form was read in English, so the receipt confirmation (here by SMS, spooled to a file)
+/// is written in English; the same form in Korean gets a Korean one.
+async fn the_receipt_confirmation_speaks_the_language_of_the_form(backend: Backend) {
+    let Some(app) = spawn(backend, |c| c.notify.dispatcher.poll_interval_ms = 20).await else {
+        return;
+    };
+    let spool = app.db.dir().join("spool/sms.jsonl");
+    let mut receipts = Vec::new();
+    for lang in ["en", "ko"] {
+        let client = browser();
+        let (csrf, idem, _) = open_form(&app, &client, &format!("/report?lang={lang}")).await;
+        let r = post_report(&app, &client, &filled_form(&csrf, &idem, "")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        receipts.push(receipt_of(&r.text().await.unwrap()));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let text = std::fs::read_to_string(&spool).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no confirmations spooled: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let sms_of = |receipt: &str| -> String {
+        let line = lines
+            .lines()
+            .find(|l| l.contains(receipt))
+            .unwrap_or_else(|| panic!("no SMS names {receipt}: {lines}"));
+        let sms: Value = serde_json::from_str(line).unwrap();
+        sms["text"].as_str().unwrap().to_owned()
+    };
+    let english = sms_of(&receipts[0]);
+    assert!(english.contains("harm report received"), "{english}");
+    let korean = sms_of(&receipts[1]);
+    assert!(!korean.contains("harm report received"), "{korean}");
+    assert!(korean.contains("접수"), "{korean}");
+    app.stop().await;
+}
+
 // ---- CSRF and headers --------------------------------------------------------------------
 
 async fn a_post_without_a_valid_token_is_refused_and_stores_nothing(backend: Backend) {
@@ -1198,6 +1241,7 @@ on_both_backends!(
     a_busy_service_returns_the_form_with_everything_typed,
     a_rate_limited_form_comes_back_with_429_and_the_wait,
     switching_language_on_a_form_keeps_what_was_typed,
+    the_receipt_confirmation_speaks_the_language_of_the_form,
     a_post_without_a_valid_token_is_refused_and_stores_nothing,
     pages_carry_security_headers_and_lookups_are_never_stored,
     the_atom_feed_lists_every_update,
