@@ -280,7 +280,7 @@ pub(super) mod sql {
                 $now,
                 " FROM v WHERE outbox.id = v.mid AND outbox.lease_owner = ",
                 $owner,
-                " AND outbox.state = 'sending' RETURNING outbox.id"
+                " AND outbox.state = 'sending'"
             )
         };
     }

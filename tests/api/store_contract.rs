@@ -4,8 +4,8 @@ use chrono::{TimeZone as _, Utc};
 use reliefline::crypto::Keys;
 use reliefline::domain::{Channel, HarmType, Receipt, ReportStatus, ReporterType};
 use reliefline::store::{
-    self, AuditEntry, Conflict, DynStore, IdempotencyRecord, MessageChannel, NewMessage, NewReport,
-    ReportWrite, StoreError,
+    self, AuditEntry, Conflict, DynStore, IdempotencyRecord, MessageChannel, MessageState,
+    NewMessage, NewReport, Outcome, ReportWrite, StoreError,
 };
 use uuid::Uuid;
 
@@ -216,7 +216,60 @@ on_both_backends!(
     idempotency_keys_are_unique_and_found,
     a_report_for_an_unknown_incident_is_refused,
     audit_entries_are_kept_in_order,
+    a_group_of_outcomes_is_recorded_only_where_the_lease_is_held,
 );
+
+/// One group, three answers: the two messages `a` holds are recorded, the one `b` holds and an
+/// id nobody holds are not, and nothing of `b`'s changes.
+async fn a_group_of_outcomes_is_recorded_only_where_the_lease_is_held(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let messages: Vec<NewMessage> = (0..3).flat_map(|n| report(n).outbox).collect();
+    store.enqueue(&messages).await.unwrap();
+    let now = Utc::now();
+    let lease = now + chrono::Duration::seconds(60);
+    let held_by_a = store
+        .claim_due("a", MessageChannel::Sms, now, lease, 2)
+        .await
+        .unwrap();
+    let held_by_b = store
+        .claim_due("b", MessageChannel::Sms, now, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!((held_by_a.len(), held_by_b.len()), (2, 1));
+    let sent = || Outcome::Sent {
+        gateway_ref: Some("gw-1".into()),
+    };
+    let group = vec![
+        (held_by_a[0].id, sent()),
+        (held_by_b[0].id, sent()),
+        (Uuid::now_v7(), sent()),
+        (held_by_a[1].id, sent()),
+    ];
+    let recorded = store
+        .record_outcomes("a", &group, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(recorded, [true, false, false, true]);
+    for (message, state, gateway_ref) in [
+        (&held_by_a[0], MessageState::Sent, Some("gw-1")),
+        (&held_by_a[1], MessageState::Sent, Some("gw-1")),
+        (&held_by_b[0], MessageState::Sending, None),
+    ] {
+        let row = store.find_message(message.id).await.unwrap().unwrap();
+        assert_eq!(row.state, state, "{}", message.id);
+        assert_eq!(row.gateway_ref.as_deref(), gateway_ref);
+    }
+    // An empty group records nothing and is no error.
+    assert!(
+        store
+            .record_outcomes("a", &[], Utc::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
 
 /// On SQLite the writer never checkpoints; a connection of its own copies the log into the
 /// database file on a timer. The file only grows by checkpoints, so it growing while nothing is

@@ -15,7 +15,8 @@ const RECORD: &str = concat!(
     "WITH v(mid, state, next_at, error, gateway_ref, sent_at, released) AS (SELECT * FROM \
      UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
      $7::int4[])) ",
-    sql::record_set!("$8", "$9")
+    sql::record_set!("$8", "$9"),
+    " RETURNING outbox.id"
 );
 
 impl PgStore {

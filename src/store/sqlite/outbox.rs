@@ -5,23 +5,31 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::store::StoreResult;
 use crate::store::outbox::{OutcomeRow, impl_outbox_store, sql};
+use crate::store::{StoreError, StoreResult};
 
 impl_outbox_store!(SqliteStore, read: reader, write: writer, claim: sql::CLAIM_SQLITE);
 
 /// A group of outcomes arrives as one JSON array of `[id as hex, state, next_at, error,
 /// gateway_ref, sent_at, released]` rows: the statement text is the same for every group size, so it is
 /// prepared once and cached, where a `VALUES` list would be parsed and planned anew each time.
+///
+/// The ids still held are read first, in the same write transaction and with the same condition
+/// as the update, as one row (a JSON array): SQLite's thread hands rows over one at a time, and
+/// an `UPDATE … RETURNING` would cost a hand-over per message.
 const RECORD: &str = concat!(
-    "WITH v(mid, state, next_at, error, gateway_ref, sent_at, released) AS (SELECT \
+    "BEGIN IMMEDIATE; \
+     SELECT json_group_array(hex(id)) FROM outbox WHERE id IN \
+     (SELECT unhex(value ->> 0) FROM json_each(?1)) AND lease_owner = ?3 AND state = 'sending'; \
+     WITH v(mid, state, next_at, error, gateway_ref, sent_at, released) AS (SELECT \
      unhex(value ->> 0), value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
      value ->> 6 FROM json_each(?1)) ",
-    sql::record_set!("?2", "?3")
+    sql::record_set!("?2", "?3"),
+    "; COMMIT"
 );
 
 impl SqliteStore {
-    /// Record a group of outcomes with one statement; the ids `owner` still held.
+    /// Record a group of outcomes in one transaction; the ids `owner` still held.
     async fn record_group(
         &self,
         owner: &str,
@@ -42,15 +50,28 @@ impl SqliteStore {
                 )
             })
             .collect();
-        let group =
-            serde_json::to_string(&group).map_err(|e| crate::store::StoreError::Other(e.into()))?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(RECORD)
+        let group = serde_json::to_string(&group).map_err(|e| StoreError::Other(e.into()))?;
+        let mut conn = self.writer.acquire().await.map_err(Self::error)?;
+        let held = match sqlx::query_scalar::<_, String>(RECORD)
             .bind(group)
             .bind(now_ms)
             .bind(owner)
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *conn)
             .await
-            .map_err(Self::error)?;
-        Ok(ids.into_iter().collect())
+        {
+            Ok(held) => held,
+            Err(e) => {
+                // A failed statement leaves the transaction open on the only writer: end it.
+                drop(sqlx::query("ROLLBACK").execute(&mut *conn).await);
+                return Err(Self::error(e));
+            }
+        };
+        let held: Vec<String> = match held.first() {
+            Some(list) => serde_json::from_str(list).map_err(|e| StoreError::Other(e.into()))?,
+            None => Vec::new(),
+        };
+        held.iter()
+            .map(|hex| Uuid::try_parse(hex).map_err(|e| StoreError::Other(e.into())))
+            .collect()
     }
 }
