@@ -57,14 +57,14 @@ pub fn method_label(method: &Method) -> &'static str {
 pub fn record(route: &str, method: &'static str, status: u16, started: Instant) {
     let elapsed = started.elapsed().as_secs_f64();
     SERIES.with_borrow_mut(|series| {
-        if !series.contains_key(route) {
-            series.insert(route.to_owned(), RouteSeries::default());
+        // Look up by `&str` first: the owned key is made once per route and thread.
+        if let Some(of_route) = series.get_mut(route) {
+            of_route.record(route, method, status, elapsed);
+        } else {
+            let mut of_route = RouteSeries::default();
+            of_route.record(route, method, status, elapsed);
+            series.insert(route.to_owned(), of_route);
         }
-        let Some(of_route) = series.get_mut(route) else {
-            return;
-        };
-        of_route.counter(route, method, status).increment(1);
-        of_route.histogram(route, method).record(elapsed);
     });
 }
 
@@ -79,47 +79,42 @@ thread_local! {
 /// One route's registered series: a handful per route, so a list is searched.
 #[derive(Default)]
 struct RouteSeries {
-    counters: Vec<(&'static str, u16, Counter)>,
+    counters: Vec<((&'static str, u16), Counter)>,
     histograms: Vec<(&'static str, Histogram)>,
 }
 
 impl RouteSeries {
-    fn counter(&mut self, route: &str, method: &'static str, status: u16) -> &Counter {
-        let at = match self
-            .counters
-            .iter()
-            .position(|(m, s, _)| *m == method && *s == status)
-        {
-            Some(at) => at,
-            None => {
-                let counter = metrics::counter!(
-                    names::HTTP_REQUESTS,
-                    "route" => route.to_owned(),
-                    "method" => method,
-                    "status" => status.to_string()
-                );
-                self.counters.push((method, status, counter));
-                self.counters.len() - 1
-            }
-        };
-        &self.counters[at].2
+    fn record(&mut self, route: &str, method: &'static str, status: u16, elapsed: f64) {
+        registered(&mut self.counters, (method, status), || {
+            metrics::counter!(
+                names::HTTP_REQUESTS,
+                "route" => route.to_owned(),
+                "method" => method,
+                "status" => status.to_string()
+            )
+        })
+        .increment(1);
+        registered(&mut self.histograms, method, || {
+            metrics::histogram!(
+                names::HTTP_DURATION,
+                "route" => route.to_owned(),
+                "method" => method
+            )
+        })
+        .record(elapsed);
     }
+}
 
-    fn histogram(&mut self, route: &str, method: &'static str) -> &Histogram {
-        let at = match self.histograms.iter().position(|(m, _)| *m == method) {
-            Some(at) => at,
-            None => {
-                let histogram = metrics::histogram!(
-                    names::HTTP_DURATION,
-                    "route" => route.to_owned(),
-                    "method" => method
-                );
-                self.histograms.push((method, histogram));
-                self.histograms.len() - 1
-            }
-        };
-        &self.histograms[at].1
-    }
+/// The handle kept under `key`, registered with `register` the first time.
+fn registered<K: PartialEq, H>(list: &mut Vec<(K, H)>, key: K, register: impl FnOnce() -> H) -> &H {
+    let at = match list.iter().position(|(k, _)| *k == key) {
+        Some(at) => at,
+        None => {
+            list.push((key, register()));
+            list.len() - 1
+        }
+    };
+    &list[at].1
 }
 
 #[cfg(test)]

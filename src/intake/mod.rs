@@ -246,6 +246,10 @@ pub fn sealed_write(
         notify_sms,
         notify_email,
     } = report;
+    // Each contact normalised once: sealed and hashed for the report, and the address its
+    // confirmation goes to.
+    let phone = reporter.phone.as_ref().map(PhoneNumber::e164);
+    let email = reporter.email.as_ref().map(EmailAddress::normalised);
     let report = NewReport {
         id: Uuid::now_v7(),
         receipt: Receipt::generate(),
@@ -260,14 +264,8 @@ pub fn sealed_write(
         title,
         description,
         reporter_name: keys.seal(&reporter.name),
-        phone: reporter
-            .phone
-            .as_ref()
-            .map(|p| keys.seal_contact(&p.e164())),
-        email: reporter
-            .email
-            .as_ref()
-            .map(|e| keys.seal_contact(&e.normalised())),
+        phone: phone.as_deref().map(|p| keys.seal_contact(p)),
+        email: email.as_deref().map(|e| keys.seal_contact(e)),
         notify_sms,
         notify_email,
         lang: lang.as_str().to_owned(),
@@ -281,12 +279,8 @@ pub fn sealed_write(
     let outbox = crate::notify::receipt_confirmation(
         keys,
         &report,
-        reporter.phone.as_ref().map(PhoneNumber::e164).as_deref(),
-        reporter
-            .email
-            .as_ref()
-            .map(EmailAddress::normalised)
-            .as_deref(),
+        phone.as_deref(),
+        email.as_deref(),
         lang,
     );
     ReportWrite { report, outbox }

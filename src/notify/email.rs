@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use super::config::{EmailConfig, EmailTransportKind, SmtpSecurity};
 use super::render::Rendered;
-use super::transport::{Delivered, SendError};
+use super::transport::{Delivered, SendError, spool_with};
 
 const MESSAGE_ID_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Reliefline-Message-Id");
 const LIST_UNSUBSCRIBE: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe");
@@ -104,20 +104,15 @@ pub fn build_message(
         .map_err(|e| SendError::permanent(format!("message cannot be built: {e}")))
 }
 
-/// Write `{id}.eml` whole or not at all: a temporary file renamed into place, in one trip to
-/// the blocking pool (each trip is a hand-over between threads).
+/// Write `{id}.eml` whole or not at all: a temporary file renamed into place.
 async fn spool(dir: &std::path::Path, id: Uuid, bytes: Vec<u8>) -> Result<Delivered, SendError> {
     let tmp = dir.join(format!(".{id}.eml.tmp"));
     let path = dir.join(format!("{id}.eml"));
-    tokio::task::spawn_blocking(move || {
+    spool_with("e-mail", move || {
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, &path)
     })
     .await
-    .map_err(std::io::Error::other)
-    .flatten()
-    .map_err(|e| SendError::transient(format!("e-mail spool: {e}")))?;
-    Ok(Delivered::default())
 }
 
 /// Up to `pool_size` SMTP connections, reused across messages and used in parallel.

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::config::{SmsConfig, SmsFormat, SmsTransportKind};
 use super::euckr::SmsKind;
-use super::transport::{Delivered, SendError};
+use super::transport::{Delivered, SendError, spool_with};
 
 /// Longest gateway answer read for its message reference.
 const ANSWER_MAX_BYTES: usize = 16 * 1024;
@@ -78,10 +78,9 @@ impl FileSpool {
         let mut line = serde_json::to_vec(message)
             .map_err(|e| SendError::permanent(format!("SMS spool: {e}")))?;
         line.push(b'\n');
-        // One trip to the blocking pool per line (open, append, close), not one per step.
         let _guard = self.lock.lock().await;
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        spool_with("SMS", move || {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -89,10 +88,6 @@ impl FileSpool {
                 .write_all(&line)
         })
         .await
-        .map_err(std::io::Error::other)
-        .flatten()
-        .map_err(|e| SendError::transient(format!("SMS spool: {e}")))?;
-        Ok(Delivered::default())
     }
 }
 

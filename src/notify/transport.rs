@@ -37,3 +37,17 @@ impl SendError {
         }
     }
 }
+
+/// A spool write: `write` runs in one trip to the blocking pool (each trip is a hand-over
+/// between threads, so the steps of one message go together); a failure is worth retrying.
+pub async fn spool_with(
+    what: &'static str,
+    write: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<Delivered, SendError> {
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(std::io::Error::other)
+        .flatten()
+        .map_err(|e| SendError::transient(format!("{what} spool: {e}")))?;
+    Ok(Delivered::default())
+}

@@ -44,13 +44,12 @@ pub struct StatusChange {
 }
 
 /// The notice a status change sends: one message per channel the reporter chose, each with
-/// its own stable id, rendered from `template` with `payload`.
+/// its own stable id, rendered from `template` with `payload` in the report's own language.
 #[derive(Debug, Clone)]
 pub struct StatusNotice {
     pub sms_id: Uuid,
     pub email_id: Uuid,
     pub template: String,
-    /// The language is the report's own (`reports.lang`).
     pub payload: serde_json::Value,
 }
 
@@ -173,8 +172,8 @@ pub(super) mod sql {
          public, actor, at) VALUES ($1, $2, $3, $4, TRUE, $5, $6)";
 
     /// The notice on channel `$2` (`sms` or `email`) to report `$5`'s own sealed contact, in the
-    /// report's language, if
-    /// the reporter asked for notices there; `$6` is the report id as the message's source.
+    /// report's language, if the reporter asked for notices there; the report is also the
+    /// message's source.
     pub const NOTIFY_REPORTER: &str = "INSERT INTO outbox (id, channel, template, lang, \
          recipient_enc, payload, source_kind, source_id, state, attempts, next_attempt_at, \
          created_at, updated_at) \

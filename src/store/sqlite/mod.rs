@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +104,14 @@ impl SqliteStore {
 
     pub(super) fn error(e: sqlx::Error) -> StoreError {
         StoreError::from_sqlx(e, conflict_of)
+    }
+
+    /// `e` from a script that opens its own transaction on the writer: a failed statement stops
+    /// the script with that transaction open on the only writer connection, so end it. When the
+    /// failure came before `BEGIN` or at `COMMIT` there may be none, which is fine.
+    pub(super) async fn script_failed(conn: &mut SqliteConnection, e: sqlx::Error) -> StoreError {
+        drop(sqlx::query("ROLLBACK").execute(conn).await);
+        Self::error(e)
     }
 }
 

@@ -60,11 +60,7 @@ impl SqliteStore {
             .await
         {
             Ok(held) => held,
-            Err(e) => {
-                // A failed statement leaves the transaction open on the only writer: end it.
-                drop(sqlx::query("ROLLBACK").execute(&mut *conn).await);
-                return Err(Self::error(e));
-            }
+            Err(e) => return Err(Self::script_failed(&mut conn, e).await),
         };
         let held: Vec<String> = match held.first() {
             Some(list) => serde_json::from_str(list).map_err(|e| StoreError::Other(e.into()))?,

@@ -105,12 +105,7 @@ impl ReportStore for SqliteStore {
         // Each batch has its own shape: keep it out of the prepared-statement cache.
         match q.build().persistent(false).execute(&mut *conn).await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                // A failed statement stops the script with its transaction open; end it. When
-                // the failure came before BEGIN or at COMMIT there may be none, which is fine.
-                drop(sqlx::query("ROLLBACK").execute(&mut *conn).await);
-                Err(Self::error(e))
-            }
+            Err(e) => Err(Self::script_failed(&mut conn, e).await),
         }
     }
 
