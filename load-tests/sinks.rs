@@ -159,7 +159,8 @@ async fn sms_message(
     Json(serde_json::json!({"result": "accepted", "message_ref": id}))
 }
 
-/// One SMTP session: fixed replies, each message's id taken from its headers.
+/// One SMTP session: fixed replies, each message's id taken from its headers. It offers
+/// PIPELINING (RFC 2920), as production relays do; lettre's client does not use it.
 async fn smtp_session(socket: TcpStream, sinks: &Sinks) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
     let (read, write) = socket.into_split();
@@ -178,7 +179,7 @@ async fn smtp_session(socket: TcpStream, sinks: &Sinks) -> std::io::Result<()> {
             .map(|v| v.to_ascii_uppercase())
             .unwrap_or_default();
         let reply: &[u8] = match &verb[..] {
-            b"EHLO" => b"250-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
+            b"EHLO" => b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
             b"HELO" | b"MAIL" | b"RCPT" | b"RSET" | b"NOOP" => b"250 OK\r\n",
             b"QUIT" => {
                 writer.write_all(b"221 bye\r\n").await?;
@@ -195,7 +196,10 @@ async fn smtp_session(socket: TcpStream, sinks: &Sinks) -> std::io::Result<()> {
             _ => b"502 not implemented\r\n",
         };
         writer.write_all(reply).await?;
-        writer.flush().await?;
+        // Replies to pipelined commands go out together, once the commands read are answered.
+        if reader.buffer().is_empty() {
+            writer.flush().await?;
+        }
     }
 }
 

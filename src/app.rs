@@ -20,6 +20,7 @@ use crate::notify::Dispatcher;
 use crate::ratelimit::{Limiters, Profile};
 use crate::store::{self, DynStore};
 use crate::subscribe::{DeliveryCounts, FanoutWorker};
+use crate::wakeup::Wakeups;
 use crate::web::Web;
 
 /// What every handler can reach: one shared allocation, so the clone axum makes for each
@@ -54,6 +55,8 @@ pub struct Shared {
     pub web: Arc<Web>,
     /// Fan-out delivery progress for staff, counted at most once per cache lifetime.
     pub delivery: DeliveryCounts,
+    /// Nudges the fan-out worker and the dispatcher when this process commits work for them.
+    pub wakeups: Wakeups,
 }
 
 impl Shared {
@@ -108,7 +111,13 @@ impl App {
         let background = TaskTracker::new();
         let background_shutdown = CancellationToken::new();
         let keys = Arc::new(keys);
-        let incidents = Arc::new(Incidents::new(store.clone(), clock.clone(), &config));
+        let wakeups = Wakeups::default();
+        let incidents = Arc::new(Incidents::new(
+            store.clone(),
+            clock.clone(),
+            &config,
+            wakeups.fanout.clone(),
+        ));
         let writers = match store.backend() {
             "sqlite" => 1,
             _ => config.intake.postgres_writers,
@@ -134,13 +143,16 @@ impl App {
             Arc::clone(&keys),
         );
         let dispatcher = if config.notify.dispatcher.enabled {
-            Some(Arc::new(Dispatcher::new(
-                &config.notify,
-                &config.http.public_base_url,
-                Arc::clone(&store),
-                Arc::clone(&keys),
-                clock.clone(),
-            )?))
+            Some(Arc::new(
+                Dispatcher::new(
+                    &config.notify,
+                    &config.http.public_base_url,
+                    Arc::clone(&store),
+                    Arc::clone(&keys),
+                    clock.clone(),
+                )?
+                .with_wakeup(wakeups.outbox.clone()),
+            ))
         } else {
             None
         };
@@ -150,6 +162,7 @@ impl App {
         let delivery = DeliveryCounts::new(config.fanout.progress_cache());
         let state = AppState(Arc::new(Shared {
             delivery,
+            wakeups,
             config: Arc::new(config),
             store,
             keys,
@@ -211,15 +224,18 @@ impl App {
             state.clone(),
             background_shutdown.child_token(),
         ));
-        background.spawn(
-            FanoutWorker::new(
-                Arc::clone(&state.store),
-                state.clock.clone(),
-                &state.config.fanout,
-                &state.config.subscriptions,
-            )
-            .run(background_shutdown.child_token()),
-        );
+        if state.config.fanout.enabled {
+            background.spawn(
+                FanoutWorker::new(
+                    Arc::clone(&state.store),
+                    state.clock.clone(),
+                    &state.config.fanout,
+                    &state.config.subscriptions,
+                )
+                .with_wakeups(&state.wakeups)
+                .run(background_shutdown.child_token()),
+            );
+        }
 
         let stop_http = CancellationToken::new();
         let public = tokio::spawn(server::serve(

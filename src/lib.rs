@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod store;
 pub mod subscribe;
 pub mod telemetry;
+pub mod wakeup;
 pub mod web;
 
 pub use app::{App, AppState};

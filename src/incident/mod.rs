@@ -38,6 +38,7 @@ use crate::store::{
     Timestamp, Transition,
 };
 use crate::telemetry::{OwnedGauge, names};
+use crate::wakeup::Wakeup;
 
 /// Listings show at most this many incidents, most recent first.
 pub const LIST_LIMIT: u32 = 200;
@@ -103,10 +104,12 @@ pub struct Incidents {
     evaluate_interval: Duration,
     automatic: tokio::sync::Mutex<Automatic>,
     deadlines: OwnedGauge,
+    /// Every change may have written an update to fan out.
+    fanout_due: Wakeup,
 }
 
 impl Incidents {
-    pub fn new(store: DynStore, clock: Clock, config: &Config) -> Self {
+    pub fn new(store: DynStore, clock: Clock, config: &Config, fanout_due: Wakeup) -> Self {
         let c = &config.incident;
         let mode = ModeHandle::new();
         Self {
@@ -132,6 +135,7 @@ impl Incidents {
             store,
             clock,
             mode,
+            fanout_due,
         }
     }
 
@@ -340,6 +344,7 @@ impl Incidents {
     /// After a change: drop cached reads and re-evaluate the mode at once.
     async fn changed(&self) {
         self.reads.invalidate();
+        self.fanout_due.wake();
         if let Err(e) = self.evaluate().await {
             tracing::warn!(error = %e, "incident mode not re-evaluated after a change");
         }

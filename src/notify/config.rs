@@ -55,6 +55,8 @@ pub struct EmailConfig {
     pub username: String,
     pub password: SecretString,
     pub pool_size: usize,
+    /// Send `MAIL`, `RCPT` and `DATA` in one write where the relay offers PIPELINING.
+    pub pipelining: bool,
     pub timeout_ms: u64,
 }
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use lettre::message::Mailbox;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -31,6 +32,7 @@ use crate::crypto::Keys;
 use crate::incident::Clock;
 use crate::store::{DynStore, MessageChannel, OutboxMessage, Outcome, StoreResult, Timestamp};
 use crate::telemetry::names;
+use crate::wakeup::Wakeup;
 
 /// Most outcomes recorded in one transaction.
 const RECORD_GROUP_MAX: usize = 256;
@@ -111,6 +113,8 @@ pub struct Dispatcher {
     /// under a rate limit, what the limit lets out in a quarter of a lease (see [`lane_size`]).
     email_lane: usize,
     sms_lane: usize,
+    /// Woken when this process commits messages; each lane polls as well.
+    due: Wakeup,
 }
 
 /// A claimed message after its delivery attempt, waiting to be recorded.
@@ -164,7 +168,15 @@ impl Dispatcher {
             store,
             keys,
             clock,
+            due: Wakeup::default(),
         })
+    }
+
+    /// Claim at once when `due` is woken instead of at the next poll.
+    #[must_use]
+    pub fn with_wakeup(mut self, due: Wakeup) -> Self {
+        self.due = due;
+        self
     }
 
     /// The lease owner name this dispatcher claims under.
@@ -263,8 +275,10 @@ impl Dispatcher {
         // the sends need it and little waits out its lease in memory.
         let size = self.lane_size(channel);
         let (queue, claimed) = mpsc::channel::<(OutboxMessage, Timestamp)>(size);
+        let mut due = self.due.waiter();
         let claimer = async {
             while !shutdown.is_cancelled() {
+                due.mark_seen();
                 let wait = match self.claim(channel).await {
                     Ok((batch, lease_until)) => {
                         let full = batch.len() >= size;
@@ -285,28 +299,43 @@ impl Dispatcher {
                     }
                 };
                 tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
+                    () = due.wait(wait) => {}
                     () = shutdown.cancelled() => {}
                 }
             }
             drop(queue);
         };
-        let queued = futures::stream::unfold(claimed, |mut claimed| async move {
-            claimed.recv().await.map(|item| (item, claimed))
-        });
-        let senders = queued.for_each_concurrent(
-            self.config.concurrency.min(size),
-            |(message, lease_until)| {
+        // Each send is a task of its own, so the sends of one lane use every worker thread:
+        // rendering, encoding and the protocol work of a message are CPU-bound, and one task
+        // polling all of a lane's sends would hold the lane to one core.
+        let mut claimed = claimed;
+        let senders = async {
+            let slots = Arc::new(Semaphore::new(self.config.concurrency.min(size).max(1)));
+            let mut running = JoinSet::new();
+            while let Some((message, lease_until)) = claimed.recv().await {
+                // The semaphore lives as long as this loop and is never closed.
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    break;
+                };
                 let this = Arc::clone(&self);
                 let outcomes = outcomes.clone();
                 let shutdown = shutdown.clone();
-                async move {
+                running.spawn(async move {
                     let finished = this.deliver(message, lease_until, &shutdown).await;
                     // The recorder ends only after every lane; a send error cannot happen here.
                     drop(outcomes.send(finished).await);
+                    // The slot is held until the recorder has the outcome: when recording falls
+                    // behind, sending slows to its pace instead of piling up finished sends.
+                    drop(slot);
+                });
+                while let Some(done) = running.try_join_next() {
+                    sent_or_lapses(done);
                 }
-            },
-        );
+            }
+            while let Some(done) = running.join_next().await {
+                sent_or_lapses(done);
+            }
+        };
         tokio::join!(claimer, senders);
     }
 
@@ -503,6 +532,13 @@ impl Dispatcher {
                 Err(e) => tracing::warn!(error = %e, "could not read outbox statistics"),
             }
         }
+    }
+}
+
+/// A send task that panicked leaves its message leased: it is sent again once the lease lapses.
+fn sent_or_lapses(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "a send task failed; its message is due again when its lease lapses");
     }
 }
 

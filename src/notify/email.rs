@@ -5,6 +5,11 @@
 //! The pool is our own rather than lettre's: every connection is a tokio `TcpStream` with
 //! `TCP_NODELAY` set. With Nagle's algorithm on, each SMTP command waits for the server's delayed
 //! ACK (~40 ms), capping a connection at a few dozen messages a second (DESIGN.md, "Ceilings").
+//!
+//! Where the relay offers PIPELINING (RFC 2920), a message takes two round trips instead of
+//! four: `MAIL`, `RCPT` and `DATA` go out in one write and their replies are read together,
+//! then the content follows. lettre's connection sends one command per round trip, so the
+//! group is written through it as one command and the other replies are read after it.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -12,13 +17,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use anyhow::Context as _;
+use lettre::address::Envelope;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
 };
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
 use lettre::{Address, Message};
 use secrecy::ExposeSecret as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -125,8 +133,16 @@ pub struct SmtpPool {
     credentials: Option<Credentials>,
     timeout: std::time::Duration,
     hello: ClientId,
-    idle: Mutex<Vec<AsyncSmtpConnection>>,
+    /// Pipeline commands where the relay offers it (`notify.email.pipelining`).
+    pipelining: bool,
+    idle: Mutex<Vec<Session>>,
     slots: Semaphore,
+}
+
+/// One open SMTP connection and whether its relay takes pipelined commands.
+struct Session {
+    conn: AsyncSmtpConnection,
+    pipelining: bool,
 }
 
 impl SmtpPool {
@@ -152,6 +168,7 @@ impl SmtpPool {
             credentials,
             timeout: config.timeout(),
             hello: ClientId::default(),
+            pipelining: config.pipelining,
             idle: Mutex::new(Vec::with_capacity(config.pool_size)),
             slots: Semaphore::new(config.pool_size),
         })
@@ -164,72 +181,84 @@ impl SmtpPool {
             .await
             .map_err(|_| SendError::transient("e-mail transport closed"))?;
         let bytes = message.formatted();
+        let envelope = message.envelope();
         let reused = self.take_idle();
         let fresh = reused.is_none();
-        let mut conn = match reused {
-            Some(conn) => conn,
+        let mut session = match reused {
+            Some(session) => session,
             None => self.connect().await?,
         };
-        let mut result = self.send_on(&mut conn, message, &bytes).await;
+        let mut result = self.send_on(&mut session, envelope, &bytes).await;
         // An idle connection the server has since closed fails before the message is taken:
         // try once more on a new one.
-        if !fresh
-            && matches!(&result, Err(Failure::Smtp(e)) if !e.is_permanent() && e.status().is_none())
-        {
-            conn.abort().await;
-            conn = self.connect().await?;
-            result = self.send_on(&mut conn, message, &bytes).await;
+        if !fresh && matches!(&result, Err(Failure::Smtp(e)) if e.status().is_none()) {
+            session.conn.abort().await;
+            session = self.connect().await?;
+            result = self.send_on(&mut session, envelope, &bytes).await;
         }
         match result {
             Ok(response) => {
-                self.put_idle(conn);
+                self.put_idle(session);
                 Ok(Delivered {
                     gateway_ref: response.first_line().map(str::to_owned),
                 })
             }
-            Err(Failure::Smtp(e)) => {
-                // A refused message leaves the session usable; anything else does not.
-                if e.status().is_some() && !conn.has_broken() {
-                    self.put_idle(conn);
-                } else {
-                    conn.abort().await;
-                }
+            Err(Failure::Refused(e)) => {
+                // The relay refused this message and the session is back where it began.
+                self.put_idle(session);
                 Err(classify(&e))
             }
-            Err(Failure::TimedOut) => Err(SendError::transient("SMTP send timed out")),
+            Err(Failure::Smtp(e)) => {
+                session.conn.abort().await;
+                Err(classify(&e))
+            }
+            Err(Failure::TimedOut) => {
+                session.conn.abort().await;
+                Err(SendError::transient("SMTP send timed out"))
+            }
         }
     }
 
     async fn send_on(
         &self,
-        conn: &mut AsyncSmtpConnection,
-        message: &Message,
+        session: &mut Session,
+        envelope: &Envelope,
         bytes: &[u8],
-    ) -> Result<lettre::transport::smtp::response::Response, Failure> {
-        match tokio::time::timeout(self.timeout, conn.send(message.envelope(), bytes)).await {
-            Ok(result) => result.map_err(Failure::Smtp),
-            Err(_) => {
-                conn.abort().await;
-                Err(Failure::TimedOut)
+    ) -> Result<Response, Failure> {
+        let exchange = async {
+            // Built messages are 7-bit (lettre encodes the parts); 8-bit content would need the
+            // relay's 8BITMIME, which lettre's own path checks.
+            if session.pipelining && bytes.is_ascii() {
+                send_pipelined(&mut session.conn, envelope, bytes).await
+            } else {
+                // lettre ends the session on any refusal.
+                session
+                    .conn
+                    .send(envelope, bytes)
+                    .await
+                    .map_err(Failure::Smtp)
             }
-        }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or(Err(Failure::TimedOut))
     }
 
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Session> {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
     }
 
-    fn put_idle(&self, conn: AsyncSmtpConnection) {
+    fn put_idle(&self, session: Session) {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(conn);
+            .push(session);
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+    async fn connect(&self) -> Result<Session, SendError> {
         match tokio::time::timeout(self.timeout, self.open()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(e),
@@ -237,7 +266,7 @@ impl SmtpPool {
         }
     }
 
-    async fn open(&self) -> Result<AsyncSmtpConnection, SendError> {
+    async fn open(&self) -> Result<Session, SendError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| SendError::transient(format!("SMTP connect: {e}")))?;
@@ -272,18 +301,100 @@ impl SmtpPool {
                     .map_err(|e| classify(&e))?
             }
         };
+        // lettre keeps only the extensions it uses from the greeting: ask again to learn
+        // whether the relay pipelines (RFC 5321 allows a second EHLO; it resets nothing but
+        // the mail transaction, and comes before authentication).
+        let pipelining = self.pipelining
+            && conn
+                .command(Ehlo::new(self.hello.clone()))
+                .await
+                .map_err(|e| classify(&e))?
+                .message()
+                .any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
         if let Some(credentials) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
                 .await
                 .map_err(|e| classify(&e))?;
         }
-        Ok(conn)
+        Ok(Session { conn, pipelining })
     }
 }
 
 enum Failure {
+    /// The relay refused the message; the session is still usable.
+    Refused(lettre::transport::smtp::Error),
+    /// The session is in an unknown state or broken.
     Smtp(lettre::transport::smtp::Error),
     TimedOut,
+}
+
+/// `MAIL`, `RCPT` (one per recipient) and `DATA` as one group of lines, written at once.
+struct CommandGroup<'a> {
+    mail: Mail,
+    rcpts: &'a [Rcpt],
+}
+
+impl std::fmt::Display for CommandGroup<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.mail)?;
+        for rcpt in self.rcpts {
+            write!(f, "{rcpt}")?;
+        }
+        write!(f, "{Data}")
+    }
+}
+
+/// One 7-bit message over a pipelining session: the command group and its replies in one round trip,
+/// then the content in the second. Every reply of the group is read whatever the earlier ones
+/// said, so the session stays in step; a refusal is undone with `RSET` and the session kept.
+async fn send_pipelined(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    bytes: &[u8],
+) -> Result<Response, Failure> {
+    let rcpts: Vec<Rcpt> = envelope
+        .to()
+        .iter()
+        .map(|to| Rcpt::new(to.clone(), Vec::new()))
+        .collect();
+    let group = CommandGroup {
+        mail: Mail::new(envelope.from().cloned(), Vec::new()),
+        rcpts: &rcpts,
+    };
+    let mut refusal = None;
+    let mut note = |reply: Result<Response, lettre::transport::smtp::Error>| match reply {
+        Ok(_) => Ok(()),
+        Err(e) if e.status().is_some() => {
+            refusal.get_or_insert(e);
+            Ok(())
+        }
+        Err(e) => Err(Failure::Smtp(e)),
+    };
+    note(conn.command(group).await)?;
+    for _ in &rcpts {
+        note(conn.read_response().await)?;
+    }
+    match (refusal, conn.read_response().await) {
+        (None, Ok(_)) => conn.message(bytes).await.map_err(|e| {
+            if e.status().is_some() {
+                Failure::Refused(e)
+            } else {
+                Failure::Smtp(e)
+            }
+        }),
+        (_, Err(e)) if e.status().is_none() => Err(Failure::Smtp(e)),
+        // `DATA` refused too, as it should be after a refused sender or recipient: nothing is
+        // under way, and `RSET` clears what was accepted.
+        (first, Err(data)) => {
+            let e = first.unwrap_or(data);
+            match conn.command(Rset).await {
+                Ok(_) => Err(Failure::Refused(e)),
+                Err(_) => Err(Failure::Smtp(e)),
+            }
+        }
+        // The relay would take content for a refused transaction: leave the session.
+        (Some(e), Ok(_)) => Err(Failure::Smtp(e)),
+    }
 }
 
 /// 5xx replies are permanent; 4xx replies, I/O and TLS failures and timeouts are transient.

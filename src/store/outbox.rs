@@ -243,26 +243,30 @@ pub(super) mod sql {
         };
     }
 
-    macro_rules! claim {
+    /// What a claim sets on the due rows it takes; `$lock` locks them (PostgreSQL).
+    pub(crate) use due_ids;
+
+    macro_rules! claim_update {
         ($lock:literal) => {
             concat!(
                 "UPDATE outbox SET state = 'sending', lease_owner = $1, lease_until = $2, \
                  next_attempt_at = $2, attempts = attempts + 1, updated_at = $3 \
                  WHERE id IN (",
-                due_ids!(),
+                $crate::store::outbox::sql::due_ids!(),
                 $lock,
-                ") RETURNING ",
-                message_columns!()
+                ")"
             )
         };
     }
-
-    /// SQLite runs a single dispatcher and serialises writers: no row locks needed.
-    pub const CLAIM_SQLITE: &str = claim!("");
+    pub(crate) use claim_update;
 
     /// PostgreSQL: replicas skip rows another claim is taking, so none waits and none takes a
     /// row twice.
-    pub const CLAIM_POSTGRES: &str = claim!(" FOR UPDATE SKIP LOCKED");
+    pub const CLAIM_POSTGRES: &str = concat!(
+        claim_update!(" FOR UPDATE SKIP LOCKED"),
+        " RETURNING ",
+        message_columns!()
+    );
 
     /// What a recorded outcome sets, from the `v` rows of `(mid, state, next_at, error,
     /// gateway_ref, sent_at, released)` each backend supplies; `$now` and `$owner` are its
@@ -315,12 +319,15 @@ pub(super) mod sql {
     pub const FIND: &str = concat!("SELECT ", message_columns!(), " FROM outbox WHERE id = $1");
 }
 
-#[derive(sqlx::FromRow)]
+/// An outbox row as read. Also read from a JSON array of the same columns in the same order,
+/// with the blob as hex (how SQLite hands back a whole claim as one value).
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(super) struct MessageRow {
     id: Uuid,
     channel: String,
     template: String,
     lang: String,
+    #[serde(deserialize_with = "from_hex")]
     recipient_enc: Vec<u8>,
     payload: String,
     source_kind: String,
@@ -362,6 +369,11 @@ impl TryFrom<MessageRow> for OutboxMessage {
             sent_at: row.sent_at.map(from_millis),
         })
     }
+}
+
+fn from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+    hex::decode(&*text).map_err(serde::de::Error::custom)
 }
 
 pub(super) fn messages(rows: Vec<MessageRow>) -> StoreResult<Vec<OutboxMessage>> {
@@ -418,9 +430,10 @@ fn clip_error(error: &str) -> String {
 }
 
 /// The implementation of [`OutboxStore`] for a store type whose pools are `$read` and `$write`
-/// (the same pool on PostgreSQL); `$claim` is the backend's claim statement.
+/// (the same pool on PostgreSQL). Each backend claims (`claim_group`) and records
+/// (`record_group`) in its own way.
 macro_rules! impl_outbox_store {
-    ($store:ty, read: $read:ident, write: $write:ident, claim: $claim:expr) => {
+    ($store:ty, read: $read:ident, write: $write:ident) => {
         #[async_trait::async_trait]
         impl $crate::store::OutboxStore for $store {
             async fn enqueue(
@@ -455,17 +468,16 @@ macro_rules! impl_outbox_store {
                 lease_until: $crate::store::Timestamp,
                 limit: u32,
             ) -> $crate::store::StoreResult<Vec<$crate::store::OutboxMessage>> {
-                use $crate::store::outbox::{MessageRow, messages};
-                let rows = sqlx::query_as::<_, MessageRow>($claim)
-                    .bind(owner)
-                    .bind($crate::store::to_millis(lease_until))
-                    .bind($crate::store::to_millis(now))
-                    .bind(i64::from(limit))
-                    .bind(channel.as_ref())
-                    .fetch_all(&self.$write)
-                    .await
-                    .map_err(Self::error)?;
-                messages(rows)
+                let rows = self
+                    .claim_group(
+                        owner,
+                        channel,
+                        $crate::store::to_millis(now),
+                        $crate::store::to_millis(lease_until),
+                        i64::from(limit),
+                    )
+                    .await?;
+                $crate::store::outbox::messages(rows)
             }
 
             async fn record_outcomes(

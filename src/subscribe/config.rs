@@ -42,6 +42,8 @@ impl SubscriptionsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FanoutConfig {
+    /// Whether this replica runs the fan-out worker (another replica may do it instead).
+    pub enabled: bool,
     /// Recipients expanded into the outbox per statement (and per transaction).
     pub batch_rows: u32,
     /// How often an idle worker looks for new fan-out jobs.

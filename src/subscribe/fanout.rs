@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{FanoutConfig, SubscriptionsConfig};
 use crate::incident::Clock;
 use crate::store::{DynStore, FanoutStep, StoreResult};
+use crate::wakeup::{Waiter, Wakeup, Wakeups};
 
 /// Expired rows are deleted this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -25,6 +26,10 @@ pub struct FanoutWorker {
     batch_rows: u32,
     poll_interval: Duration,
     pending_expiry: chrono::Duration,
+    /// Woken when an update is posted here; polls for other replicas' updates.
+    due: Waiter,
+    /// Woken after each batch written, so the dispatcher starts on it at once.
+    outbox_due: Wakeup,
 }
 
 impl FanoutWorker {
@@ -40,7 +45,17 @@ impl FanoutWorker {
             batch_rows: fanout.batch_rows,
             poll_interval: fanout.poll_interval(),
             pending_expiry: subscriptions.pending_expiry(),
+            due: Wakeup::default().waiter(),
+            outbox_due: Wakeup::default(),
         }
+    }
+
+    /// Start on updates posted in this process at once, and wake its dispatcher per batch.
+    #[must_use]
+    pub fn with_wakeups(mut self, wakeups: &Wakeups) -> Self {
+        self.due = wakeups.fanout.waiter();
+        self.outbox_due = wakeups.outbox.clone();
+        self
     }
 
     /// Expand one batch of the oldest unfinished fan-out.
@@ -56,6 +71,7 @@ impl FanoutWorker {
         } = step
         {
             tracing::debug!(update = %update_id, rows, finished, "fan-out batch written");
+            self.outbox_due.wake();
             if finished {
                 tracing::info!(update = %update_id, "fan-out finished");
             }
@@ -80,17 +96,19 @@ impl FanoutWorker {
             .await
     }
 
-    /// Wait a poll interval, then expand batches back to back while there is work; until
-    /// `shutdown`. A batch in progress finishes (it is one short transaction) before exit.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Wait a poll interval (or until woken), then expand batches back to back while there is
+    /// work; until `shutdown`. A batch in progress finishes (it is one short transaction) before
+    /// exit.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut failing = false;
         let mut last_prune: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(self.poll_interval) => {}
+                () = self.due.wait(self.poll_interval) => {}
             }
+            self.due.mark_seen();
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(tokio::time::Instant::now());
                 if let Err(e) = self.prune().await {

@@ -410,6 +410,11 @@ async fn a_full_queue_answers_503_at_once_and_loses_nothing(backend: Backend) {
         c.intake.batch_wait_ms = 0;
         c.intake.postgres_writers = 1;
         c.database.busy_timeout_ms = 60_000;
+        // Nothing else may wait for the write lock on SQLite's one writer connection: a
+        // dispatcher claim stuck there would keep the batcher from its first batch and change
+        // how many requests are held.
+        c.notify.dispatcher.enabled = false;
+        c.fanout.enabled = false;
     })
     .await;
     // Hold the write lock from outside so the writer is stuck on its first batch.

@@ -33,8 +33,17 @@ struct Harness {
 }
 
 async fn harness(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Harness> {
+    harness_on(backend, SmtpServer::start(), adjust).await
+}
+
+/// As [`harness`], with the SMTP server `smtp` will start.
+async fn harness_on(
+    backend: Backend,
+    smtp: impl Future<Output = SmtpServer>,
+    adjust: impl FnOnce(&mut Config),
+) -> Option<Harness> {
     let db = TestDb::new(backend).await?;
-    let smtp = SmtpServer::start().await;
+    let smtp = smtp.await;
     let gateway = SmsGateway::start().await;
     let (port, url) = (smtp.port, gateway.url());
     let app = TestApp::spawn_with(Arc::new(db), move |c| {
@@ -70,6 +79,19 @@ async fn harness(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<H
 }
 
 impl Harness {
+    /// The outbox id of each message the SMTP server took, in order.
+    fn delivered_ids(&self) -> Vec<String> {
+        self.smtp
+            .messages()
+            .iter()
+            .map(|m| {
+                header_value(m, "X-Reliefline-Message-Id")
+                    .expect("every message carries its outbox id")
+                    .to_owned()
+            })
+            .collect()
+    }
+
     fn dispatcher(&self) -> Dispatcher {
         let config = &self.app.state.config;
         Dispatcher::new(
@@ -1279,17 +1301,10 @@ async fn smtp_connections_are_reused(backend: Backend) {
         (1..=2).contains(&sessions),
         "{sessions} SMTP sessions for 20 messages"
     );
+    // The relay offers PIPELINING: every transaction's commands went out together.
+    assert_eq!(h.smtp.pipelined(), 20);
     // Every message id arrived once.
-    let mut seen: Vec<String> = h
-        .smtp
-        .messages()
-        .iter()
-        .map(|m| {
-            header_value(m, "X-Reliefline-Message-Id")
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let mut seen = h.delivered_ids();
     seen.sort();
     let mut expected: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     expected.sort();
@@ -1297,6 +1312,58 @@ async fn smtp_connections_are_reused(backend: Backend) {
 }
 
 on_both_backends!(smtp_connections_are_reused);
+
+/// Where the relay offers PIPELINING, `MAIL`, `RCPT` and `DATA` go out together; a refused
+/// recipient fails its message alone and the session carries on (one connection for all).
+/// Where it does not, each command waits for its answer, and the outcomes are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_pipelines_where_the_relay_offers_it() {
+    for pipelining in [true, false] {
+        let smtp = async move {
+            if pipelining {
+                SmtpServer::start().await
+            } else {
+                SmtpServer::start_serial().await
+            }
+        };
+        let h = harness_on(Backend::Sqlite, smtp, |c| c.notify.email.pool_size = 1)
+            .await
+            .expect("SQLite needs no server");
+        let mut ids = Vec::new();
+        for to in ["first@example.kr", "reject@example.kr", "third@example.kr"] {
+            let id = h
+                .enqueue(
+                    MessageChannel::Email,
+                    to,
+                    "report_status",
+                    status_payload(""),
+                )
+                .await;
+            ids.push(id);
+        }
+        let round = h.dispatcher().run_once().await.unwrap();
+        assert_eq!(
+            (round.sent, round.failed),
+            (2, 1),
+            "{pipelining}: {round:?}"
+        );
+        let refused = h.state_of(ids[1]).await;
+        assert_eq!(refused.state, MessageState::Failed);
+        assert!(refused.last_error.unwrap().contains("550"));
+        let delivered = h.delivered_ids();
+        assert_eq!(delivered.len(), 2, "{pipelining}");
+        for id in [ids[0], ids[2]] {
+            assert!(delivered.contains(&id.to_string()), "{pipelining}: {id}");
+        }
+        if pipelining {
+            assert_eq!(h.smtp.pipelined(), 3);
+            assert_eq!(h.smtp.sessions(), 1, "the refusal ended the session");
+        } else {
+            assert_eq!(h.smtp.pipelined(), 0);
+        }
+        h.app.stop().await;
+    }
+}
 
 /// STARTTLS and implicit TLS to a relay whose certificate comes from a private CA
 /// (`notify.email.ca_file`); without that CA the relay is not trusted and nothing is sent.

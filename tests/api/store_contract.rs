@@ -217,7 +217,60 @@ on_both_backends!(
     a_report_for_an_unknown_incident_is_refused,
     audit_entries_are_kept_in_order,
     a_group_of_outcomes_is_recorded_only_where_the_lease_is_held,
+    claims_in_the_same_instant_take_different_messages_whole,
 );
+
+/// Claims by one owner with the same clock and lease take different messages, and each comes
+/// back whole: SQLite reads a claim back as one JSON value (blobs in hex, a missing source as
+/// null), PostgreSQL as rows; both must give what was enqueued.
+async fn claims_in_the_same_instant_take_different_messages_whole(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let mut messages: Vec<NewMessage> = (0..5).flat_map(|n| report(n).outbox).collect();
+    messages[4].source_id = None;
+    messages[4].payload = serde_json::json!({"quote": "\"따옴표\" and \\ 역슬래시", "n": [1, 2]});
+    store.enqueue(&messages).await.unwrap();
+    let now = Utc::now();
+    let lease = now + chrono::Duration::seconds(60);
+    let mut claimed = Vec::new();
+    for limit in [2, 2, 10] {
+        let batch = store
+            .claim_due("a", MessageChannel::Sms, now, lease, limit)
+            .await
+            .unwrap();
+        claimed.push(batch);
+    }
+    let sizes: Vec<usize> = claimed.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    let mut seen = std::collections::HashSet::new();
+    for got in claimed.iter().flatten() {
+        assert!(seen.insert(got.id), "{} claimed twice", got.id);
+        let sent = messages
+            .iter()
+            .find(|m| m.id == got.id)
+            .expect("an enqueued message");
+        assert_eq!(got.channel, MessageChannel::Sms);
+        assert_eq!(got.template, sent.template);
+        assert_eq!(got.lang, sent.lang);
+        assert_eq!(got.recipient, sent.recipient);
+        assert_eq!(got.payload, sent.payload);
+        assert_eq!(got.source_kind, sent.source_kind);
+        assert_eq!(got.source_id, sent.source_id);
+        assert_eq!(got.state, MessageState::Sending);
+        assert_eq!(got.attempts, 1);
+        assert!(got.next_attempt_at >= lease - chrono::Duration::milliseconds(1));
+        assert_eq!(got.last_error, None);
+        assert_eq!(got.sent_at, None);
+    }
+    assert!(
+        store
+            .claim_due("a", MessageChannel::Sms, now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
 
 /// One group, three answers: the two messages `a` holds are recorded, the one `b` holds and an
 /// id nobody holds are not, and nothing of `b`'s changes.

@@ -44,8 +44,8 @@ impl SubApp {
     async fn start(backend: Backend, db: Arc<TestDb>, adjust: impl FnOnce(&mut Config)) -> Self {
         let mut config = test_config(&db);
         config.admin.token = SecretString::from(TOKEN);
-        // The background worker stays idle: tests expand fan-outs step by step.
-        config.fanout.poll_interval_ms = 3_600_000;
+        // No background worker: tests expand fan-outs step by step.
+        config.fanout.enabled = false;
         config.incident.evaluate_interval_ms = 3_600_000;
         // These tests look at what is written to the outbox; sending it is the notification
         // tests' subject (and the seeded contacts are not deliverable).
@@ -1066,6 +1066,7 @@ async fn fan_out_reaches_a_large_set_once_across_a_restart(backend: Backend) {
 
     // A new process picks the job up in the background and finishes it.
     let app = SubApp::start(backend, db, |c| {
+        c.fanout.enabled = true;
         c.fanout.poll_interval_ms = 20;
     })
     .await;

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::PgStore;
-use crate::store::StoreResult;
-use crate::store::outbox::{OutcomeRow, impl_outbox_store, sql};
+use crate::store::outbox::{MessageRow, OutcomeRow, impl_outbox_store, sql};
+use crate::store::{MessageChannel, StoreResult};
 
-impl_outbox_store!(PgStore, read: pool, write: pool, claim: sql::CLAIM_POSTGRES);
+impl_outbox_store!(PgStore, read: pool, write: pool);
 
 /// A group of outcomes as column arrays, unnested into the `v` rows of the record statement.
 const RECORD: &str = concat!(
@@ -20,6 +20,26 @@ const RECORD: &str = concat!(
 );
 
 impl PgStore {
+    /// Claim up to `limit` due messages of `channel` with one statement.
+    async fn claim_group(
+        &self,
+        owner: &str,
+        channel: MessageChannel,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRow>> {
+        sqlx::query_as(sql::CLAIM_POSTGRES)
+            .bind(owner)
+            .bind(lease_ms)
+            .bind(now_ms)
+            .bind(limit)
+            .bind(channel.as_ref())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Self::error)
+    }
+
     /// Record a group of outcomes with one statement; the ids `owner` still held.
     async fn record_group(
         &self,

@@ -3,6 +3,8 @@
 //! checkpointer that copies the log into the database file beside the writer, not inside it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -43,6 +45,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Stops the background checkpointer, if there is one.
     checkpoints: CancellationToken,
+    /// The latest lease end a claim has set: each claim's is later (see `claim_group`).
+    last_lease_ms: Arc<AtomicI64>,
 }
 
 impl SqliteStore {
@@ -99,6 +103,7 @@ impl SqliteStore {
             writer,
             reader,
             checkpoints,
+            last_lease_ms: Arc::new(AtomicI64::new(i64::MIN)),
         })
     }
 

@@ -1,14 +1,29 @@
 //! The outbox on SQLite: one dispatcher, claims through the single writer.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::store::outbox::{OutcomeRow, impl_outbox_store, sql};
-use crate::store::{StoreError, StoreResult};
+use crate::store::outbox::{MessageRow, OutcomeRow, impl_outbox_store, sql};
+use crate::store::{MessageChannel, StoreError, StoreResult};
 
-impl_outbox_store!(SqliteStore, read: reader, write: writer, claim: sql::CLAIM_SQLITE);
+impl_outbox_store!(SqliteStore, read: reader, write: writer);
+
+/// A claim comes back as one row (a JSON array of the claimed rows' columns, blobs in hex):
+/// SQLite's thread hands rows over one at a time, and `UPDATE … RETURNING` would cost a
+/// hand-over per message. The rows just claimed are the owner's with this claim's lease end,
+/// which no earlier claim of the store shares (see `claim_group`); the due index finds them.
+const CLAIM: &str = concat!(
+    "BEGIN IMMEDIATE; ",
+    sql::claim_update!(""),
+    "; SELECT json_group_array(json_array(hex(id), channel, template, lang, hex(recipient_enc), \
+     payload, source_kind, nullif(hex(source_id), ''), state, attempts, next_attempt_at, \
+     last_error, gateway_ref, delivery_status, created_at, updated_at, sent_at)) FROM outbox \
+     WHERE channel = $5 AND next_attempt_at = $2 AND state IN ('pending', 'sending') \
+     AND lease_owner = $1; COMMIT"
+);
 
 /// A group of outcomes arrives as one JSON array of `[id as hex, state, next_at, error,
 /// gateway_ref, sent_at, released]` rows: the statement text is the same for every group size, so it is
@@ -29,6 +44,43 @@ const RECORD: &str = concat!(
 );
 
 impl SqliteStore {
+    /// Claim up to `limit` due messages of `channel` in one transaction, read back as one row.
+    /// The lease ends at `lease_ms` or, if an earlier claim of this store ended there or later,
+    /// a millisecond after the latest: a later end than asked for is only more careful.
+    async fn claim_group(
+        &self,
+        owner: &str,
+        channel: MessageChannel,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<MessageRow>> {
+        let previous = self
+            .last_lease_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(lease_ms.max(last.saturating_add(1)))
+            })
+            .unwrap_or_else(|last| last);
+        let lease_ms = lease_ms.max(previous.saturating_add(1));
+        let mut conn = self.writer.acquire().await.map_err(Self::error)?;
+        let claimed = match sqlx::query_scalar::<_, String>(CLAIM)
+            .bind(owner)
+            .bind(lease_ms)
+            .bind(now_ms)
+            .bind(limit)
+            .bind(channel.as_ref())
+            .fetch_all(&mut *conn)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => return Err(Self::script_failed(&mut conn, e).await),
+        };
+        match claimed.first() {
+            Some(json) => serde_json::from_str(json).map_err(|e| StoreError::Other(e.into())),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Record a group of outcomes in one transaction; the ids `owner` still held.
     async fn record_group(
         &self,

@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 /// An aiosmtpd server writing every message it accepts to `dir` as `NNNNNN.eml`. Recipients
-/// whose address starts with `reject` are refused with 550.
+/// whose address starts with `reject` are refused with 550. Unless started with
+/// [`SmtpServer::start_serial`] it offers PIPELINING, as production relays do, and counts the
+/// transactions whose commands came pipelined.
 pub struct SmtpServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -32,13 +34,29 @@ class Recorder:
         self.lock = threading.Lock()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        # One EHLO per SMTP session: the count tells how many connections were opened.
+        # A client may greet more than once on a connection (after STARTTLS, or to read the
+        # extensions again): the count tells how many connections were opened.
         session.host_name = hostname
-        with self.lock:
-            self.sessions = getattr(self, "sessions", 0) + 1
-            with open(os.path.join(self.folder, "sessions"), "w") as f:
-                f.write(str(self.sessions))
+        if not getattr(session, "counted", False):
+            session.counted = True
+            with self.lock:
+                self.sessions = getattr(self, "sessions", 0) + 1
+                with open(os.path.join(self.folder, "sessions"), "w") as f:
+                    f.write(str(self.sessions))
+        if PIPELINING:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        # RCPT already waiting behind MAIL: the client did not wait for this answer.
+        if len(server._reader._buffer) > 0:
+            with self.lock:
+                self.pipelined = getattr(self, "pipelined", 0) + 1
+                with open(os.path.join(self.folder, "pipelined"), "w") as f:
+                    f.write(str(self.pipelined))
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address.startswith("reject"):
@@ -57,6 +75,7 @@ class Recorder:
         return "250 2.0.0 queued as %06d" % n
 
 mode = sys.argv[3]
+PIPELINING = sys.argv[6] == "pipelining"
 options = {}
 if mode != "plain":
     import ssl
@@ -85,9 +104,18 @@ impl SmtpServer {
         Self::start_with(SmtpMode::Plain).await
     }
 
+    /// A server that does not offer PIPELINING: clients send one command per round trip.
+    pub async fn start_serial() -> Self {
+        Self::launch(SmtpMode::Plain, false).await
+    }
+
     /// With TLS, the server presents a certificate for `localhost` from its own CA, whose PEM
     /// is [`SmtpServer::ca_file`].
     pub async fn start_with(mode: SmtpMode) -> Self {
+        Self::launch(mode, true).await
+    }
+
+    async fn launch(mode: SmtpMode, pipelining: bool) -> Self {
         use std::io::BufRead as _;
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
@@ -106,6 +134,7 @@ impl SmtpServer {
             .arg(mode_arg)
             .arg(&cert)
             .arg(&key)
+            .arg(if pipelining { "pipelining" } else { "serial" })
             .stdout(Stdio::piped())
             // Refused TLS handshakes are part of the tests; keep their tracebacks out.
             .stderr(Stdio::null())
@@ -149,7 +178,16 @@ impl SmtpServer {
 
     /// SMTP sessions opened so far.
     pub fn sessions(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("sessions"))
+        self.tally("sessions")
+    }
+
+    /// Mail transactions whose `RCPT` was sent before `MAIL` was answered.
+    pub fn pipelined(&self) -> usize {
+        self.tally("pipelined")
+    }
+
+    fn tally(&self, name: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join(name))
             .map(|s| s.trim().parse().unwrap())
             .unwrap_or(0)
     }
