@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use reliefline::incident::ManualClock;
 use reliefline::ratelimit::Limit;
+use reliefline::store::{MessageChannel, OutboxProgress, Outcome};
 use reliefline::subscribe::FanoutWorker;
 use reliefline::{App, AppState, Config};
 use reqwest::{Method, StatusCode};
@@ -1157,6 +1158,45 @@ async fn delivery_progress_is_counted_once_per_lifetime(backend: Backend) {
         .unwrap();
     assert_eq!(stored.enqueued, 300);
     assert_eq!(stored.messages.pending, 300);
+    // Messages in every state: the count of each is exact, the sent ones counted as the rest.
+    let store = &app.state.store;
+    let now = Utc::now();
+    let claimed = store
+        .claim_due(
+            "counter",
+            MessageChannel::Sms,
+            now,
+            now + chrono::Duration::seconds(60),
+            40,
+        )
+        .await
+        .unwrap();
+    let outcome = |n: usize| match n {
+        0..10 => Outcome::Sent { gateway_ref: None },
+        10..15 => Outcome::Failed { error: "x".into() },
+        15..18 => Outcome::Dead { error: "x".into() },
+        _ => Outcome::Released,
+    };
+    let group: Vec<_> = claimed[..20]
+        .iter()
+        .enumerate()
+        .map(|(n, m)| (m.id, outcome(n)))
+        .collect();
+    store.record_outcomes("counter", &group, now).await.unwrap();
+    let counted = store
+        .fanout_progress(incident, update)
+        .await
+        .unwrap()
+        .unwrap()
+        .messages;
+    let expected = OutboxProgress {
+        pending: 262,
+        sending: 20,
+        sent: 10,
+        failed: 5,
+        dead: 3,
+    };
+    assert_eq!(counted, expected);
     for _ in 0..3 {
         assert_eq!(app.delivery(incident, update).await, first);
     }
