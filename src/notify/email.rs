@@ -228,8 +228,9 @@ impl SmtpPool {
         let exchange = async {
             // Built messages are 7-bit (lettre encodes the parts); 8-bit content would need the
             // relay's 8BITMIME, which lettre's own path checks.
-            if session.pipelining && bytes.is_ascii() {
-                send_pipelined(&mut session.conn, envelope, bytes).await
+            let seven_bit = std::str::from_utf8(bytes).ok().filter(|t| t.is_ascii());
+            if let Some(text) = seven_bit.filter(|_| session.pipelining) {
+                send_pipelined(&mut session.conn, envelope, text).await
             } else {
                 // lettre ends the session on any refusal.
                 session
@@ -344,13 +345,37 @@ impl std::fmt::Display for CommandGroup<'_> {
     }
 }
 
+/// A message's content as sent after `DATA`: lines that begin with a dot get another (RFC 5321
+/// 4.5.2), then the lone-dot line ends it. Written as one piece, where lettre's `message` scans
+/// byte by byte and writes the end apart.
+struct Content<'a>(&'a str);
+
+impl std::fmt::Display for Content<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        if rest.starts_with('.') {
+            f.write_str(".")?;
+        }
+        while let Some(at) = rest.find("\n.") {
+            f.write_str(&rest[..=at])?;
+            f.write_str(".")?;
+            rest = &rest[at + 1..];
+        }
+        f.write_str(rest)?;
+        if !rest.is_empty() && !rest.ends_with("\r\n") {
+            f.write_str("\r\n")?;
+        }
+        f.write_str(".\r\n")
+    }
+}
+
 /// One 7-bit message over a pipelining session: the command group and its replies in one round trip,
 /// then the content in the second. Every reply of the group is read whatever the earlier ones
 /// said, so the session stays in step; a refusal is undone with `RSET` and the session kept.
 async fn send_pipelined(
     conn: &mut AsyncSmtpConnection,
     envelope: &Envelope,
-    bytes: &[u8],
+    text: &str,
 ) -> Result<Response, Failure> {
     let rcpts: Vec<Rcpt> = envelope
         .to()
@@ -375,7 +400,7 @@ async fn send_pipelined(
         note(conn.read_response().await)?;
     }
     match (refusal, conn.read_response().await) {
-        (None, Ok(_)) => conn.message(bytes).await.map_err(|e| {
+        (None, Ok(_)) => conn.command(Content(text)).await.map_err(|e| {
             if e.status().is_some() {
                 Failure::Refused(e)
             } else {
@@ -479,5 +504,22 @@ impl AsyncWrite for TlsConn {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Content;
+
+    #[test]
+    fn content_is_dot_stuffed_and_ended_once() {
+        let sent = |text: &str| Content(text).to_string();
+        assert_eq!(sent("a\r\nb\r\n"), "a\r\nb\r\n.\r\n");
+        assert_eq!(sent("a\r\nb"), "a\r\nb\r\n.\r\n");
+        assert_eq!(
+            sent(".first\r\nx\r\n..two\r\n.\r\nend.\r\n"),
+            "..first\r\nx\r\n...two\r\n..\r\nend.\r\n.\r\n"
+        );
+        assert_eq!(sent(""), ".\r\n");
     }
 }
