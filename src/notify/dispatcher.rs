@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use lettre::message::Mailbox;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -305,32 +305,31 @@ impl Dispatcher {
             }
             drop(queue);
         };
-        // Each send is a task of its own, so the sends of one lane use every worker thread:
+        // The senders are tasks of their own, so the sends of one lane use every worker thread:
         // rendering, encoding and the protocol work of a message are CPU-bound, and one task
-        // polling all of a lane's sends would hold the lane to one core.
-        let mut claimed = claimed;
+        // polling all of a lane's sends would hold the lane to one core. They live as long as
+        // the lane, each taking the next claimed message when it is free: a task per message
+        // would allocate a whole send's state every time.
+        let claimed = Arc::new(tokio::sync::Mutex::new(claimed));
         let senders = async {
-            let slots = Arc::new(Semaphore::new(self.config.concurrency.min(size).max(1)));
             let mut running = JoinSet::new();
-            while let Some((message, lease_until)) = claimed.recv().await {
-                // The semaphore lives as long as this loop and is never closed.
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    break;
-                };
+            for _ in 0..self.config.concurrency.min(size).max(1) {
                 let this = Arc::clone(&self);
+                let claimed = Arc::clone(&claimed);
                 let outcomes = outcomes.clone();
                 let shutdown = shutdown.clone();
                 running.spawn(async move {
-                    let finished = this.deliver(message, lease_until, &shutdown).await;
-                    // The recorder ends only after every lane; a send error cannot happen here.
-                    drop(outcomes.send(finished).await);
-                    // The slot is held until the recorder has the outcome: when recording falls
-                    // behind, sending slows to its pace instead of piling up finished sends.
-                    drop(slot);
+                    loop {
+                        let next = claimed.lock().await.recv().await;
+                        let Some((message, lease_until)) = next else {
+                            break;
+                        };
+                        let finished = this.deliver(message, lease_until, &shutdown).await;
+                        // The recorder ends only after every lane; a send error cannot happen
+                        // here. Waiting for room there slows sending to recording's pace.
+                        drop(outcomes.send(finished).await);
+                    }
                 });
-                while let Some(done) = running.try_join_next() {
-                    sent_or_lapses(done);
-                }
             }
             while let Some(done) = running.join_next().await {
                 sent_or_lapses(done);
@@ -535,7 +534,8 @@ impl Dispatcher {
     }
 }
 
-/// A send task that panicked leaves its message leased: it is sent again once the lease lapses.
+/// A sender that panicked leaves its message leased (sent again once the lease lapses) and its
+/// lane one sender short until the dispatcher restarts.
 fn sent_or_lapses(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done {
         tracing::error!(error = %e, "a send task failed; its message is due again when its lease lapses");
