@@ -232,42 +232,30 @@ pub fn sealed_write(
     lang: Lang,
     idempotency: Option<&(IdempotencyKey, [u8; 32])>,
 ) -> ReportWrite {
-    let ValidReport {
-        incident_id,
-        provider,
-        service,
-        reporter_type,
-        harm_type,
-        occurred_at,
-        amount_krw,
-        title,
-        description,
-        reporter,
-        notify_sms,
-        notify_email,
-    } = report;
+    let reporter = &report.reporter;
     // Each contact normalised once: sealed and hashed for the report, and the address its
     // confirmation goes to.
     let phone = reporter.phone.as_ref().map(PhoneNumber::e164);
     let email = reporter.email.as_ref().map(EmailAddress::normalised);
+    let reporter_name = keys.seal(&reporter.name);
     let report = NewReport {
         id: Uuid::now_v7(),
         receipt: Receipt::generate(),
-        incident_id,
+        incident_id: report.incident_id,
         channel,
-        provider,
-        service,
-        reporter_type,
-        harm_type,
-        occurred_at,
-        amount_krw,
-        title,
-        description,
-        reporter_name: keys.seal(&reporter.name),
+        provider: report.provider,
+        service: report.service,
+        reporter_type: report.reporter_type,
+        harm_type: report.harm_type,
+        occurred_at: report.occurred_at,
+        amount_krw: report.amount_krw,
+        title: report.title,
+        description: report.description,
+        reporter_name,
         phone: phone.as_deref().map(|p| keys.seal_contact(p)),
         email: email.as_deref().map(|e| keys.seal_contact(e)),
-        notify_sms,
-        notify_email,
+        notify_sms: report.notify_sms,
+        notify_email: report.notify_email,
         lang: lang.as_str().to_owned(),
         idempotency: idempotency.map(|(key, hash)| IdempotencyRecord {
             key: key.as_str().to_owned(),

@@ -313,7 +313,7 @@ impl Dispatcher {
         let claimed = Arc::new(tokio::sync::Mutex::new(claimed));
         let senders = async {
             let mut running = JoinSet::new();
-            for _ in 0..self.config.concurrency.min(size).max(1) {
+            for _ in 0..self.config.concurrency.min(size) {
                 let this = Arc::clone(&self);
                 let claimed = Arc::clone(&claimed);
                 let outcomes = outcomes.clone();
@@ -332,7 +332,11 @@ impl Dispatcher {
                 });
             }
             while let Some(done) = running.join_next().await {
-                sent_or_lapses(done);
+                // A sender that panicked left its message leased (sent again once the lease
+                // lapses) and the lane one sender short until the dispatcher restarts.
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a send task failed; its message is due again when its lease lapses");
+                }
             }
         };
         tokio::join!(claimer, senders);
@@ -531,14 +535,6 @@ impl Dispatcher {
                 Err(e) => tracing::warn!(error = %e, "could not read outbox statistics"),
             }
         }
-    }
-}
-
-/// A sender that panicked leaves its message leased (sent again once the lease lapses) and its
-/// lane one sender short until the dispatcher restarts.
-fn sent_or_lapses(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        tracing::error!(error = %e, "a send task failed; its message is due again when its lease lapses");
     }
 }
 

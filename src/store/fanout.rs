@@ -100,16 +100,15 @@ pub(super) mod sql {
          finished_at = CASE WHEN $2 THEN $5 ELSE NULL END, \
          report_cursor = $3, enqueued = enqueued + $4, updated_at = $5 WHERE update_id = $1";
 
-    /// The job and its messages not yet sent, in one snapshot. The sent are the rest: an
-    /// update's outbox rows are exactly those its fan-out enqueued (counted in the same
-    /// transactions), and `outbox_source` lets each count skip the sent ones, so a count costs
-    /// what is still under way, not the whole update.
-    pub const FIND: &str = "SELECT f.state, f.enqueued, \
-         (SELECT count(*) FROM outbox o WHERE o.source_id = f.update_id AND o.state = 'pending'), \
-         (SELECT count(*) FROM outbox o WHERE o.source_id = f.update_id AND o.state = 'sending'), \
-         (SELECT count(*) FROM outbox o WHERE o.source_id = f.update_id AND o.state = 'failed'), \
-         (SELECT count(*) FROM outbox o WHERE o.source_id = f.update_id AND o.state = 'dead') \
-         FROM fanouts f WHERE f.update_id = $1 AND f.incident_id = $2";
+    /// The job and its messages not yet sent by state (one row per state, or one with a null
+    /// state when none is left), in one snapshot. The sent are the rest: an update's outbox rows
+    /// are exactly those its fan-out enqueued (counted in the same transactions), and
+    /// `outbox_source` lets the count skip the sent ones, so it costs what is still under way,
+    /// not the whole update.
+    pub const FIND: &str = "SELECT f.state, f.enqueued, o.state, count(o.state) FROM fanouts f \
+         LEFT JOIN outbox o ON o.source_id = f.update_id \
+         AND o.state IN ('pending', 'sending', 'failed', 'dead') \
+         WHERE f.update_id = $1 AND f.incident_id = $2 GROUP BY f.state, f.enqueued, o.state";
 
     pub const STOP_NOTICES: &str =
         "UPDATE reports SET incident_notices = FALSE WHERE id = $1 AND incident_notices";
@@ -372,31 +371,27 @@ macro_rules! impl_fanout_store {
                 update_id: uuid::Uuid,
             ) -> $crate::store::StoreResult<Option<$crate::store::FanoutProgress>> {
                 use $crate::store::fanout::sql;
-                type Row = (String, i64, i64, i64, i64, i64);
-                let Some((state, enqueued, pending, sending, failed, dead)): Option<Row> =
-                    sqlx::query_as(sql::FIND)
-                        .bind(update_id)
-                        .bind(incident_id)
-                        .fetch_optional(&self.$read)
-                        .await
-                        .map_err(Self::error)?
-                else {
+                let rows: Vec<(String, i64, Option<String>, i64)> = sqlx::query_as(sql::FIND)
+                    .bind(update_id)
+                    .bind(incident_id)
+                    .fetch_all(&self.$read)
+                    .await
+                    .map_err(Self::error)?;
+                let Some((state, enqueued, _, _)) = rows.first() else {
                     return Ok(None);
                 };
-                let count = |n: i64| u64::try_from(n).unwrap_or_default();
-                let enqueued = count(enqueued);
-                let (pending, sending, failed, dead) =
-                    (count(pending), count(sending), count(failed), count(dead));
+                let enqueued = u64::try_from(*enqueued).unwrap_or_default();
+                let mut messages = $crate::store::OutboxProgress::default();
+                for (_, _, state, n) in &rows {
+                    if let Some(state) = state {
+                        messages.add(state, *n)?;
+                    }
+                }
+                messages.sent = enqueued.saturating_sub(messages.total());
                 Ok(Some($crate::store::FanoutProgress {
-                    state: $crate::store::parse_stored(&state, "fanouts.state")?,
+                    state: $crate::store::parse_stored(state, "fanouts.state")?,
                     enqueued,
-                    messages: $crate::store::OutboxProgress {
-                        pending,
-                        sending,
-                        sent: enqueued.saturating_sub(pending + sending + failed + dead),
-                        failed,
-                        dead,
-                    },
+                    messages,
                 }))
             }
         }

@@ -55,13 +55,14 @@ impl SqliteStore {
         lease_ms: i64,
         limit: i64,
     ) -> StoreResult<Vec<MessageRow>> {
+        let after = |last: i64| lease_ms.max(last.saturating_add(1));
         let previous = self
             .last_lease_ms
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                Some(lease_ms.max(last.saturating_add(1)))
+                Some(after(last))
             })
             .unwrap_or_else(|last| last);
-        let lease_ms = lease_ms.max(previous.saturating_add(1));
+        let lease_ms = after(previous);
         let mut conn = self.writer.acquire().await.map_err(Self::error)?;
         let claimed = match sqlx::query_scalar::<_, String>(CLAIM)
             .bind(owner)
