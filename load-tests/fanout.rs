@@ -193,7 +193,12 @@ async fn seed(spec: &ServiceSpec, n: u64) -> anyhow::Result<f64> {
             }
         }
         tx.commit().await?;
-        sqlx::raw_sql("ANALYZE").execute(&mut conn).await?;
+        // As on PostgreSQL, only the seeded table: statistics taken of the still empty outbox
+        // would mislead the planner for the whole run, which a service never analysing its
+        // database does not see.
+        sqlx::raw_sql("ANALYZE subscriptions")
+            .execute(&mut conn)
+            .await?;
     }
     Ok(started.elapsed().as_secs_f64())
 }
@@ -519,6 +524,17 @@ fn ratio_line(service: Option<f64>, base: f64) -> String {
     }
 }
 
+/// One channel's rate against its baseline. Not the figure and marked against no
+/// target: the service sends both channels at once on the shared cores, from one outbox, while
+/// the baseline sends each channel alone, so a channel's share of the run says how the two
+/// were interleaved, not how fast either can go. The total line is the comparison.
+fn channel_ratio(service: Option<f64>, base: f64) -> String {
+    match service {
+        Some(s) if base > 0.0 => format!("{:.2}  (diagnostic: both channels at once)", s / base),
+        _ => "n/a".into(),
+    }
+}
+
 pub async fn fanout(common: &Common, opts: &FanoutOpts) -> anyhow::Result<bool> {
     let n = opts.subscribers;
     let expected_email = n.div_ceil(2);
@@ -647,13 +663,16 @@ pub async fn fanout(common: &Common, opts: &FanoutOpts) -> anyhow::Result<bool> 
         ),
         (
             "ratio e-mail service/baseline",
-            ratio_line(email_rate, base_email),
+            channel_ratio(email_rate, base_email),
         ),
         (
             "SMS/s at the gateway, first to last",
             format!("{}  (baseline {base_sms:.0}/s)", opt(sms_rate, "/s")),
         ),
-        ("ratio SMS service/baseline", ratio_line(sms_rate, base_sms)),
+        (
+            "ratio SMS service/baseline",
+            channel_ratio(sms_rate, base_sms),
+        ),
         (
             "message size, service / baseline",
             format!(

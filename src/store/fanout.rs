@@ -100,15 +100,55 @@ pub(super) mod sql {
          finished_at = CASE WHEN $2 THEN $5 ELSE NULL END, \
          report_cursor = $3, enqueued = enqueued + $4, updated_at = $5 WHERE update_id = $1";
 
-    /// The job and its messages not yet sent by state (one row per state, or one with a null
-    /// state when none is left), in one snapshot. The sent are the rest: an update's outbox rows
-    /// are exactly those its fan-out enqueued (counted in the same transactions), and
-    /// `outbox_source` lets the count skip the sent ones, so it costs what is still under way,
-    /// not the whole update.
-    pub const FIND: &str = "SELECT f.state, f.enqueued, o.state, count(o.state) FROM fanouts f \
-         LEFT JOIN outbox o ON o.source_id = f.update_id \
-         AND o.state IN ('pending', 'sending', 'failed', 'dead') \
-         WHERE f.update_id = $1 AND f.incident_id = $2 GROUP BY f.state, f.enqueued, o.state";
+    /// Messages of update `$1` in one state: an equality on both columns of `outbox_source`,
+    /// so the count walks that state's index entries and nothing else, whatever the planner's
+    /// statistics say.
+    macro_rules! in_state {
+        ($state:literal) => {
+            concat!(
+                "SELECT '",
+                $state,
+                "' AS state, count(*) AS n FROM outbox WHERE source_id = $1 AND state = '",
+                $state,
+                "'"
+            )
+        };
+    }
+
+    /// The job with its count of sent messages (`fanout_sent`, kept as outcomes are recorded),
+    /// and how many are sending, failed or dead, one row per state, in one snapshot. Those are
+    /// few while an update goes out; the pending are the rest of what the fan-out enqueued
+    /// (counted in the same transactions), so a poll never walks the bulk of a
+    /// million-recipient update.
+    pub const FIND: &str = concat!(
+        "SELECT f.state, f.enqueued, CAST(COALESCE((SELECT sum(s.sent) FROM fanout_sent s \
+         WHERE s.update_id = f.update_id), 0) AS BIGINT), c.state, c.n FROM fanouts f, (",
+        in_state!("sending"),
+        " UNION ALL ",
+        in_state!("failed"),
+        " UNION ALL ",
+        in_state!("dead"),
+        ") c WHERE f.update_id = $1 AND f.incident_id = $2"
+    );
+
+    /// Add the messages of the outcome rows `$rows` (a row source with `source_id`,
+    /// `source_kind`, `channel` and `state` as recorded) marked sent to `fanout_sent` under
+    /// dispatcher `$owner`.
+    macro_rules! count_sent {
+        ($owner:literal, $rows:literal) => {
+            concat!(
+                "INSERT INTO fanout_sent (update_id, channel, owner, sent) \
+                 SELECT source_id, channel, ",
+                $owner,
+                ", count(*) FROM ",
+                $rows,
+                " WHERE state = 'sent' AND source_kind = 'incident_update' \
+                 GROUP BY source_id, channel \
+                 ON CONFLICT (update_id, channel, owner) \
+                 DO UPDATE SET sent = fanout_sent.sent + excluded.sent"
+            )
+        };
+    }
 
     pub const STOP_NOTICES: &str =
         "UPDATE reports SET incident_notices = FALSE WHERE id = $1 AND incident_notices";
@@ -220,7 +260,7 @@ pub(super) mod sql {
     pub const FORGET_CONTACTS: &str = "DELETE FROM fanout_contacts WHERE update_id = $1";
 
     pub(in crate::store) use {
-        in_scope, range_reports, reporters, reporters_in_range, subscriptions_in_range,
+        count_sent, in_scope, range_reports, reporters, reporters_in_range, subscriptions_in_range,
     };
 
     /// The outbox columns every expansion writes, in this order.
@@ -371,23 +411,24 @@ macro_rules! impl_fanout_store {
                 update_id: uuid::Uuid,
             ) -> $crate::store::StoreResult<Option<$crate::store::FanoutProgress>> {
                 use $crate::store::fanout::sql;
-                let rows: Vec<(String, i64, Option<String>, i64)> = sqlx::query_as(sql::FIND)
+                let rows: Vec<(String, i64, i64, String, i64)> = sqlx::query_as(sql::FIND)
                     .bind(update_id)
                     .bind(incident_id)
                     .fetch_all(&self.$read)
                     .await
                     .map_err(Self::error)?;
-                let Some((state, enqueued, _, _)) = rows.first() else {
+                let Some((state, enqueued, sent, _, _)) = rows.first() else {
                     return Ok(None);
                 };
                 let enqueued = u64::try_from(*enqueued).unwrap_or_default();
-                let mut messages = $crate::store::OutboxProgress::default();
-                for (_, _, state, n) in &rows {
-                    if let Some(state) = state {
-                        messages.add(state, *n)?;
-                    }
+                let mut messages = $crate::store::OutboxProgress {
+                    sent: u64::try_from(*sent).unwrap_or_default(),
+                    ..Default::default()
+                };
+                for (_, _, _, state, n) in &rows {
+                    messages.add(state, *n)?;
                 }
-                messages.sent = enqueued.saturating_sub(messages.total());
+                messages.pending = enqueued.saturating_sub(messages.total());
                 Ok(Some($crate::store::FanoutProgress {
                     state: $crate::store::parse_stored(state, "fanouts.state")?,
                     enqueued,

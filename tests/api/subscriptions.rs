@@ -1197,6 +1197,31 @@ async fn delivery_progress_is_counted_once_per_lifetime(backend: Backend) {
         dead: 3,
     };
     assert_eq!(counted, expected);
+    // The sent count moves only with messages first marked sent by their holder: an outcome
+    // repeated, or reported by a dispatcher that does not hold the message, counts nothing.
+    let sent = |messages: &[reliefline::store::OutboxMessage]| -> Vec<_> {
+        messages
+            .iter()
+            .map(|m| (m.id, Outcome::Sent { gateway_ref: None }))
+            .collect()
+    };
+    let record = |owner: &'static str, group: Vec<_>| async move {
+        store.record_outcomes(owner, &group, now).await.unwrap();
+    };
+    record("counter", sent(&claimed[..10])).await;
+    record("intruder", sent(&claimed[20..25])).await;
+    let progress = || async move {
+        let p = store.fanout_progress(incident, update).await.unwrap();
+        p.unwrap().messages
+    };
+    assert_eq!(progress().await, expected);
+    record("counter", sent(&claimed[20..25])).await;
+    let after = OutboxProgress {
+        sending: 15,
+        sent: 15,
+        ..expected
+    };
+    assert_eq!(progress().await, after);
     for _ in 0..3 {
         assert_eq!(app.delivery(incident, update).await, first);
     }

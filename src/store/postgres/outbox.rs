@@ -5,18 +5,24 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::PgStore;
+use crate::store::fanout::sql::count_sent;
 use crate::store::outbox::{MessageRow, OutcomeRow, impl_outbox_store, sql};
 use crate::store::{MessageChannel, StoreResult};
 
 impl_outbox_store!(PgStore, read: pool, write: pool);
 
-/// A group of outcomes as column arrays, unnested into the `v` rows of the record statement.
+/// A group of outcomes as column arrays, unnested into the `v` rows of the record statement,
+/// and the fan-outs' sent counts moved on by the same statement. The rows updated come back
+/// with their new state, so a message another owner took over is neither recorded nor counted.
 const RECORD: &str = concat!(
     "WITH v(mid, state, next_at, error, gateway_ref, sent_at, released) AS (SELECT * FROM \
      UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], \
-     $7::int4[])) ",
+     $7::int4[])), done AS (",
     sql::record_set!("$8", "$9"),
-    " RETURNING outbox.id"
+    " RETURNING outbox.id, outbox.source_id, outbox.source_kind, outbox.channel, \
+     outbox.state), counted AS (",
+    count_sent!("$9", "done"),
+    ") SELECT id FROM done"
 );
 
 impl PgStore {

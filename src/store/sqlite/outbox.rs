@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 use super::SqliteStore;
+use crate::store::fanout::sql::count_sent;
 use crate::store::outbox::{MessageRow, OutcomeRow, impl_outbox_store, sql};
 use crate::store::{MessageChannel, StoreError, StoreResult};
 
@@ -31,12 +32,19 @@ const CLAIM: &str = concat!(
 ///
 /// The ids still held are read first, in the same write transaction and with the same condition
 /// as the update, as one row (a JSON array): SQLite's thread hands rows over one at a time, and
-/// an `UPDATE … RETURNING` would cost a hand-over per message.
+/// an `UPDATE … RETURNING` would cost a hand-over per message. With the same condition, the
+/// messages about to be marked sent move their fan-outs' sent counts on.
 const RECORD: &str = concat!(
     "BEGIN IMMEDIATE; \
      SELECT json_group_array(hex(id)) FROM outbox WHERE id IN \
-     (SELECT unhex(value ->> 0) FROM json_each(?1)) AND lease_owner = ?3 AND state = 'sending'; \
-     WITH v(mid, state, next_at, error, gateway_ref, sent_at, released) AS (SELECT \
+     (SELECT unhex(value ->> 0) FROM json_each(?1)) AND lease_owner = ?3 AND state = 'sending'; ",
+    count_sent!(
+        "?3",
+        "(SELECT o.source_id, o.source_kind, o.channel, j.value ->> 1 AS state \
+         FROM json_each(?1) j JOIN outbox o ON o.id = unhex(j.value ->> 0) \
+         WHERE o.lease_owner = ?3 AND o.state = 'sending') held"
+    ),
+    "; WITH v(mid, state, next_at, error, gateway_ref, sent_at, released) AS (SELECT \
      unhex(value ->> 0), value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
      value ->> 6 FROM json_each(?1)) ",
     sql::record_set!("?2", "?3"),
