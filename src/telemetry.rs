@@ -314,6 +314,15 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// What a caught panic said, for the log: its message when it had one.
+pub fn panic_text(cause: &(dyn std::any::Any + Send)) -> &str {
+    cause
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| cause.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown")
+}
+
 #[cfg(test)]
 mod tests {
     use super::names::CATALOGUE;

@@ -112,11 +112,9 @@ async fn not_found(request: Request) -> Response {
 /// A panic is a bug, never the client's fault: answer an opaque 500 and log it.
 #[allow(clippy::needless_pass_by_value)] // the signature CatchPanicLayer requires
 fn panic_response(cause: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let detail = cause
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| cause.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown");
-    tracing::error!(panic = detail, "handler panicked");
+    tracing::error!(
+        panic = crate::telemetry::panic_text(&*cause),
+        "handler panicked"
+    );
     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }

@@ -332,8 +332,7 @@ impl Dispatcher {
                 });
             }
             while let Some(done) = running.join_next().await {
-                // A sender that panicked left its message leased (sent again once the lease
-                // lapses) and the lane one sender short until the dispatcher restarts.
+                // Sends are guarded (`guarded`), so only the hand-over could fail here.
                 if let Err(e) = done {
                     tracing::error!(error = %e, "a send task failed; its message is due again when its lease lapses");
                 }
@@ -400,7 +399,8 @@ impl Dispatcher {
         lease_until: Timestamp,
         shutdown: &CancellationToken,
     ) -> Finished {
-        let result = self.attempt(&message, lease_until, shutdown).await;
+        let attempt = std::pin::pin!(self.attempt(&message, lease_until, shutdown));
+        let result = guarded(attempt).await;
         let now = self.clock.now();
         let outcome = match result {
             None => Outcome::Released,
@@ -598,9 +598,44 @@ pub fn backoff(
     }
 }
 
+/// Run a send attempt, turning a panic in it (rendering, encoding, a transport: a defect of
+/// ours, not the message's) into a transient failure. The message is then retried with backoff
+/// and dead-lettered after `max_attempts`, where staff see it and can re-queue it, instead of
+/// coming back at every lease; and its sender lives on, so the lane keeps its concurrency.
+/// The attempt is pinned where it is awaited: moving it in would double the send's state.
+async fn guarded(
+    attempt: std::pin::Pin<&mut impl Future<Output = Option<Result<Delivered, SendError>>>>,
+) -> Option<Result<Delivered, SendError>> {
+    use futures::FutureExt as _;
+    match std::panic::AssertUnwindSafe(attempt).catch_unwind().await {
+        Ok(result) => result,
+        Err(cause) => {
+            let text = crate::telemetry::panic_text(&*cause);
+            tracing::error!(panic = text, "a send panicked; the message will be retried");
+            Some(Err(SendError::transient(format!(
+                "internal error while sending: {text}"
+            ))))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_send_that_panics_fails_transiently_and_the_next_one_runs() {
+        let failed = guarded(std::pin::pin!(async { panic!("template blew up") })).await;
+        match failed {
+            Some(Err(SendError::Transient { reason, .. })) => {
+                assert!(reason.contains("template blew up"), "{reason}");
+            }
+            other => panic!("expected a transient failure, got {other:?}"),
+        }
+        let sent = guarded(std::pin::pin!(async { Some(Ok(Delivered::default())) })).await;
+        assert!(matches!(sent, Some(Ok(_))));
+        assert!(guarded(std::pin::pin!(async { None })).await.is_none());
+    }
 
     fn config() -> DispatcherConfig {
         DispatcherConfig {
