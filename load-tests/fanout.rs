@@ -514,13 +514,15 @@ fn opt(v: Option<f64>, unit: &str) -> String {
     v.map_or_else(|| "not reached".into(), |v| format!("{v:.1} {unit}"))
 }
 
+/// `service` over `base`, when both were measured.
+fn ratio(service: Option<f64>, base: f64) -> Option<f64> {
+    service.filter(|_| base > 0.0).map(|s| s / base)
+}
+
 fn ratio_line(service: Option<f64>, base: f64) -> String {
-    match service {
-        Some(s) if base > 0.0 => {
-            let r = s / base;
-            format!("{r:.2}  (target >= 0.8: {})", verdict(r >= 0.8))
-        }
-        _ => "n/a (MISSED)".into(),
+    match ratio(service, base) {
+        Some(r) => format!("{r:.2}  (target >= 0.8: {})", verdict(r >= 0.8)),
+        None => "n/a (MISSED)".into(),
     }
 }
 
@@ -529,10 +531,10 @@ fn ratio_line(service: Option<f64>, base: f64) -> String {
 /// the baseline sends each channel alone, so a channel's share of the run says how the two
 /// were interleaved, not how fast either can go. The total line is the comparison.
 fn channel_ratio(service: Option<f64>, base: f64) -> String {
-    match service {
-        Some(s) if base > 0.0 => format!("{:.2}  (diagnostic: both channels at once)", s / base),
-        _ => "n/a".into(),
-    }
+    ratio(service, base).map_or_else(
+        || "n/a".into(),
+        |r| format!("{r:.2}  (diagnostic: both channels at once)"),
+    )
 }
 
 pub async fn fanout(common: &Common, opts: &FanoutOpts) -> anyhow::Result<bool> {

@@ -310,8 +310,24 @@ pub(super) mod sql {
     pub const SET_DELIVERY: &str =
         "UPDATE outbox SET delivery_status = $2, updated_at = $3 WHERE id = $1";
 
-    pub const PENDING_STATS: &str = "SELECT channel, count(*) AS n, min(created_at) AS oldest \
-         FROM outbox WHERE state IN ('pending', 'sending') GROUP BY channel";
+    /// One channel's waiting messages and the oldest one's creation time: an equality on the
+    /// first column of `outbox_due_channel`. Grouping all channels at once let SQLite, once it
+    /// had statistics, sort every waiting row on each metrics tick (as the fan-out progress did).
+    macro_rules! waiting_in {
+        ($channel:literal) => {
+            concat!(
+                "SELECT '",
+                $channel,
+                "', count(*), min(created_at) FROM outbox WHERE channel = '",
+                $channel,
+                "' AND state IN ('pending', 'sending')"
+            )
+        };
+    }
+
+    /// A row per channel, its count 0 and oldest null when nothing waits.
+    pub const PENDING_STATS: &str =
+        concat!(waiting_in!("email"), " UNION ALL ", waiting_in!("sms"));
 
     pub const PROGRESS: &str =
         "SELECT state, count(*) AS n FROM outbox WHERE source_id = $1 GROUP BY state";

@@ -14,7 +14,7 @@ use reliefline::crypto::Keys;
 use reliefline::incident::Clock;
 use reliefline::notify::config::{EmailTransportKind, SmsFormat, SmsTransportKind, SmtpSecurity};
 use reliefline::notify::{Dispatcher, Round, euckr};
-use reliefline::store::{MessageChannel, MessageState, NewMessage};
+use reliefline::store::{MessageChannel, MessageState, NewMessage, OutboxMessage, Outcome};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -108,6 +108,19 @@ impl Harness {
         &self.app.state.keys
     }
 
+    /// Claim up to `limit` due SMS for `owner`, as a dispatcher elsewhere would.
+    async fn claim_sms(
+        &self,
+        owner: &str,
+        lease: chrono::Duration,
+        limit: u32,
+    ) -> Vec<OutboxMessage> {
+        let now = Utc::now();
+        let store = &self.app.store;
+        let claimed = store.claim_due(owner, MessageChannel::Sms, now, now + lease, limit);
+        claimed.await.unwrap()
+    }
+
     async fn enqueue(
         &self,
         channel: MessageChannel,
@@ -147,7 +160,7 @@ impl Harness {
         ids
     }
 
-    async fn state_of(&self, id: Uuid) -> reliefline::store::OutboxMessage {
+    async fn state_of(&self, id: Uuid) -> OutboxMessage {
         self.app
             .store
             .find_message(id)
@@ -574,19 +587,9 @@ async fn a_lapsed_lease_makes_the_message_due_again(backend: Backend) {
         )
         .await;
     // A replica claims it and dies before sending: nothing is recorded.
-    let now = Utc::now();
     let taken = h
-        .app
-        .store
-        .claim_due(
-            "crashed-replica",
-            MessageChannel::Sms,
-            now,
-            now + chrono::Duration::milliseconds(300),
-            10,
-        )
-        .await
-        .unwrap();
+        .claim_sms("crashed-replica", chrono::Duration::milliseconds(300), 10)
+        .await;
     assert_eq!(taken.len(), 1);
     assert_eq!(
         d.run_once().await.unwrap().claimed,
@@ -606,7 +609,7 @@ async fn a_lapsed_lease_makes_the_message_due_again(backend: Backend) {
         .record_outcome(
             id,
             "crashed-replica",
-            &reliefline::store::Outcome::Failed {
+            &Outcome::Failed {
                 error: "late".into(),
             },
             Utc::now(),
@@ -780,6 +783,63 @@ async fn the_embedded_default_spools_to_files(backend: Backend) {
     app.stop().await;
 }
 
+/// The waiting counts behind the `reliefline_outbox_pending` gauges: a row per channel,
+/// pending and sending both counted, the oldest creation time while any waits.
+async fn waiting_messages_are_counted_per_channel(backend: Backend) {
+    let Some(h) = harness(backend, |_| {}).await else {
+        return;
+    };
+    let waiting = || async {
+        let mut stats = h.app.store.pending_stats().await.unwrap();
+        stats.sort_by_key(|s| s.channel.as_ref().to_owned());
+        stats
+            .iter()
+            .map(|s| (s.channel, s.count, s.oldest_created_at.is_some()))
+            .collect::<Vec<_>>()
+    };
+    let nothing = vec![
+        (MessageChannel::Email, 0, false),
+        (MessageChannel::Sms, 0, false),
+    ];
+    assert_eq!(waiting().await, nothing);
+    for _ in 0..2 {
+        h.enqueue(
+            MessageChannel::Sms,
+            PHONE,
+            "report_status",
+            status_payload(""),
+        )
+        .await;
+    }
+    let claimed = h
+        .claim_sms("counter", chrono::Duration::seconds(60), 1)
+        .await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        waiting().await,
+        vec![
+            (MessageChannel::Email, 0, false),
+            (MessageChannel::Sms, 2, true),
+        ]
+    );
+    let sent: Vec<_> = claimed
+        .iter()
+        .map(|m| (m.id, Outcome::Sent { gateway_ref: None }))
+        .collect();
+    h.app
+        .store
+        .record_outcomes("counter", &sent, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting().await,
+        vec![
+            (MessageChannel::Email, 0, false),
+            (MessageChannel::Sms, 1, true),
+        ]
+    );
+}
+
 on_both_backends!(
     a_report_confirmation_is_delivered_by_email_and_sms,
     a_status_change_is_sent_to_the_reporter,
@@ -790,6 +850,7 @@ on_both_backends!(
     sms_or_lms_follows_the_euc_kr_length,
     delivery_reports_update_the_message,
     the_embedded_default_spools_to_files,
+    waiting_messages_are_counted_per_channel,
 );
 
 /// Two dispatchers on one PostgreSQL, racing over the same messages: each message reaches the
@@ -1127,7 +1188,7 @@ async fn a_message_held_past_half_its_lease_is_released_and_sent_later(backend: 
 async fn eventually_async(
     store: &reliefline::store::DynStore,
     ids: &[Uuid],
-    check: impl Fn(&[reliefline::store::OutboxMessage]) -> bool,
+    check: impl Fn(&[OutboxMessage]) -> bool,
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
