@@ -36,14 +36,15 @@ use uuid::Uuid;
 
 use super::config::{EmailConfig, EmailTransportKind, SmtpSecurity};
 use super::render::Rendered;
-use super::transport::{Delivered, SendError, spool_with};
+use super::transport::{Delivered, SendError, SpoolThread};
 
 const MESSAGE_ID_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Reliefline-Message-Id");
 const LIST_UNSUBSCRIBE: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe");
 const LIST_UNSUBSCRIBE_POST: HeaderName = HeaderName::new_from_ascii_str("List-Unsubscribe-Post");
 
 pub enum EmailTransport {
-    File(PathBuf),
+    /// `{id}.eml` files in a folder, written by a thread of their own.
+    File(SpoolThread<(Uuid, Vec<u8>)>),
     Smtp(SmtpPool),
 }
 
@@ -57,7 +58,7 @@ impl EmailTransport {
                         config.spool_dir.display()
                     )
                 })?;
-                Self::File(config.spool_dir.clone())
+                Self::File(spool(config.spool_dir.clone())?)
             }
             EmailTransportKind::Smtp => Self::Smtp(SmtpPool::new(config)?),
         })
@@ -73,7 +74,7 @@ impl EmailTransport {
     ) -> Result<Delivered, SendError> {
         let message = build_message(from, id, to, rendered)?;
         match self {
-            Self::File(dir) => spool(dir, id, message.formatted()).await,
+            Self::File(spool) => spool.write((id, message.formatted())).await,
             Self::Smtp(pool) => pool.send(&message).await,
         }
     }
@@ -112,15 +113,17 @@ pub fn build_message(
         .map_err(|e| SendError::permanent(format!("message cannot be built: {e}")))
 }
 
-/// Write `{id}.eml` whole or not at all: a temporary file renamed into place.
-async fn spool(dir: &std::path::Path, id: Uuid, bytes: Vec<u8>) -> Result<Delivered, SendError> {
-    let tmp = dir.join(format!(".{id}.eml.tmp"));
-    let path = dir.join(format!("{id}.eml"));
-    spool_with("e-mail", move || {
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, &path)
+/// The e-mail spool: each message written to `{id}.eml` whole or not at all, a temporary file
+/// renamed into place.
+fn spool(dir: PathBuf) -> std::io::Result<SpoolThread<(Uuid, Vec<u8>)>> {
+    SpoolThread::start("e-mail", move |group: &[(Uuid, Vec<u8>)]| {
+        for (id, bytes) in group {
+            let tmp = dir.join(format!(".{id}.eml.tmp"));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, dir.join(format!("{id}.eml")))?;
+        }
+        Ok(())
     })
-    .await
 }
 
 /// Up to `pool_size` SMTP connections, reused across messages and used in parallel.

@@ -224,6 +224,7 @@ impl Renderer {
                         receipt => p.receipt, provider => p.provider, service => p.service,
                         received_at, base_url => base,
                     },
+                    Some(message.channel),
                 )
             }
             "report_status" => {
@@ -235,6 +236,7 @@ impl Renderer {
                         receipt => p.receipt, status => report_status_label(lang, &p.status),
                         note => p.note.filter(|n| !n.trim().is_empty()), base_url => base,
                     },
+                    Some(message.channel),
                 )
             }
             "subscription_confirm" => {
@@ -245,6 +247,7 @@ impl Renderer {
                     lang,
                     "subscription_confirm",
                     context! { code => p.code, scope => p.scope, confirm_url },
+                    Some(message.channel),
                 )
             }
             "incident_update" => {
@@ -370,31 +373,51 @@ impl Renderer {
                 contact_url => &self.settings.contact_url,
                 status_url => format!("{}/status", self.settings.public_base_url),
             },
+            None,
         )
     }
 
+    /// Render a template's parts: all of them (`None`, a notice shared by both channels) or
+    /// only what `channel` sends. An SMS needs neither the e-mail's text nor its HTML layout,
+    /// which is most of the work, and an e-mail needs no SMS text.
     fn render_template(
         &self,
         lang: Lang,
         name: &str,
         ctx: minijinja::Value,
+        channel: Option<MessageChannel>,
     ) -> Result<Rendered, RenderError> {
         let template = self
             .env
             .get_template(&format!("{}/{name}.txt", lang.as_str()))?;
         let captured = template.render_captured(ctx)?;
         let state = captured.state();
-        let subject = state.call_macro("subject", &[])?.trim().to_owned();
-        let text = state.call_macro("text", &[])?.trim().to_owned();
-        let sms = state.call_macro("sms", &[])?.trim().to_owned();
-        let html = self.html(lang, &subject, &text)?;
-        Ok(Rendered {
-            subject: subject.into(),
-            text: text.into(),
-            html: html.into(),
-            sms,
+        let part = |name: &str| -> Result<String, RenderError> {
+            Ok(state.call_macro(name, &[])?.trim().to_owned())
+        };
+        let (email, sms) = match channel {
+            None => (true, true),
+            Some(MessageChannel::Email) => (true, false),
+            Some(MessageChannel::Sms) => (false, true),
+        };
+        let mut rendered = Rendered {
+            subject: Arc::from(""),
+            text: Arc::from(""),
+            html: Arc::from(""),
+            sms: String::new(),
             unsubscribe_url: None,
-        })
+        };
+        if email {
+            let subject = part("subject")?;
+            let text = part("text")?;
+            rendered.html = self.html(lang, &subject, &text)?.into();
+            rendered.subject = subject.into();
+            rendered.text = text.into();
+        }
+        if sms {
+            rendered.sms = part("sms")?;
+        }
+        Ok(rendered)
     }
 
     /// The HTML part: the text's paragraphs, escaped, with its links made clickable.
@@ -578,7 +601,21 @@ mod tests {
         assert!(ko.text.contains("HR-7K3M-Q9XD-2PZA-8WNE"));
         // 06:30 UTC is 15:30 in Korea.
         assert!(ko.text.contains("2022-10-15 15:30 KST"), "{}", ko.text);
-        assert!(ko.sms.contains("HR-7K3M-Q9XD-2PZA-8WNE"));
+        // An e-mail renders no SMS text, and an SMS no e-mail parts.
+        assert_eq!(ko.sms, "");
+        let mut by_sms = message("receipt_confirmation", "ko", payload.clone());
+        by_sms.channel = MessageChannel::Sms;
+        let by_sms = r.render(&by_sms).await.unwrap();
+        assert!(
+            by_sms.sms.contains("HR-7K3M-Q9XD-2PZA-8WNE"),
+            "{}",
+            by_sms.sms
+        );
+        assert!(by_sms.sms.contains("Kakao"), "{}", by_sms.sms);
+        assert_eq!(
+            (&*by_sms.subject, &*by_sms.text, &*by_sms.html),
+            ("", "", "")
+        );
         // The link is clickable; minijinja escapes its slashes, which browsers read back.
         assert!(
             ko.html
@@ -658,7 +695,14 @@ mod tests {
         let token = Keys::from_master(&[7; 32]).token("confirm", id);
         let link = format!("https://relief.example.kr/subscriptions/confirm?id={id}&token={token}");
         assert!(rendered.text.contains(&link), "{}", rendered.text);
-        assert!(rendered.sms.contains("123456"));
+        let mut by_sms = message(
+            "subscription_confirm",
+            "ko",
+            serde_json::json!({"subscription_id": id, "code": "123456", "scope": "Kakao"}),
+        );
+        by_sms.channel = MessageChannel::Sms;
+        let by_sms = r.render(&by_sms).await.unwrap();
+        assert!(by_sms.sms.contains("123456"), "{}", by_sms.sms);
     }
 }
 

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::config::{SmsConfig, SmsFormat, SmsTransportKind};
 use super::euckr::SmsKind;
-use super::transport::{Delivered, SendError, spool_with};
+use super::transport::{Delivered, SendError, SpoolThread};
 
 /// Longest gateway answer read for its message reference.
 const ANSWER_MAX_BYTES: usize = 16 * 1024;
@@ -56,11 +56,9 @@ impl SmsTransport {
     }
 }
 
-pub struct FileSpool {
-    path: PathBuf,
-    /// Lines are appended whole, one writer at a time.
-    lock: tokio::sync::Mutex<()>,
-}
+/// JSON lines appended to one file by a thread of its own: the lines of a group go out in one
+/// write, each line whole.
+pub struct FileSpool(SpoolThread<Vec<u8>>);
 
 impl FileSpool {
     fn new(path: PathBuf) -> anyhow::Result<Self> {
@@ -68,26 +66,28 @@ impl FileSpool {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating SMS spool folder {}", dir.display()))?;
         }
-        Ok(Self {
-            path,
-            lock: tokio::sync::Mutex::new(()),
+        let mut lines = Vec::new();
+        let thread = SpoolThread::start("SMS", move |group: &[Vec<u8>]| {
+            lines.clear();
+            for line in group {
+                lines.extend_from_slice(line);
+            }
+            // Opened for each group, so a spool file moved aside is started afresh.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?
+                .write_all(&lines)
         })
+        .context("starting the SMS spool writer")?;
+        Ok(Self(thread))
     }
 
     async fn append(&self, message: &SmsMessage<'_>) -> Result<Delivered, SendError> {
         let mut line = serde_json::to_vec(message)
             .map_err(|e| SendError::permanent(format!("SMS spool: {e}")))?;
         line.push(b'\n');
-        let _guard = self.lock.lock().await;
-        let path = self.path.clone();
-        spool_with("SMS", move || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?
-                .write_all(&line)
-        })
-        .await
+        self.0.write(line).await
     }
 }
 
