@@ -583,6 +583,15 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
             format!("{:.2}", sustainable / ceiling.per_second),
         ),
     ]);
+    // With one writer its commit time is CPU time on the cores everything here shares.
+    if ceiling.writers == 1 {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        println!(
+            "  highest intake / baseline these cores allow: {:.2}  (a service doing only the \
+             baseline's HTTP work and the store's writes, sharing {cores} cores with the generator)",
+            shared_core_bound(store_share, cores)
+        );
+    }
     println!("### Service");
     table(&[
         (
@@ -777,6 +786,16 @@ fn ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// The most intake could reach, as a ratio to the baseline, if each report cost only what a
+/// baseline request costs (the generator's and the server's HTTP work, which keeps all `cores`
+/// busy at the baseline's rate) plus its share of a single writer's commits (`store_share` is
+/// the store alone's rate over the baseline's): `cores` are shared by both, and one writer
+/// commits no faster than the store alone.
+fn shared_core_bound(store_share: f64, cores: usize) -> f64 {
+    let n = cores.max(1) as f64;
+    store_share.min(n * store_share / (n * store_share + 1.0))
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
@@ -807,5 +826,20 @@ fn table(rows: &[(&str, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (key, value) in rows {
         println!("  {key:<width$}  {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shared_core_bound;
+
+    #[test]
+    fn the_shared_core_bound_weighs_the_store_against_the_http_work() {
+        // Two cores, a store committing 0.6 of the baseline's rate: 1.2 / 2.2.
+        assert!((shared_core_bound(0.6, 2) - 0.545).abs() < 0.001);
+        // A store as fast as the baseline on two cores leaves two thirds.
+        assert!((shared_core_bound(1.0, 2) - 2.0 / 3.0).abs() < 1e-9);
+        // A slow single writer is the limit itself.
+        assert!((shared_core_bound(0.1, 64) - 0.1).abs() < 1e-9);
     }
 }
