@@ -1,4 +1,5 @@
-//! What every transport answers: delivered, or failed in a way that is worth retrying or not.
+//! What every transport answers: delivered, or failed in a way that is worth retrying or not;
+//! and the writer thread behind the file spools.
 
 use std::time::Duration;
 

@@ -148,14 +148,21 @@ impl Harness {
     }
 
     /// `n` status notices by SMS to [`PHONE`], queued; their ids.
+    /// A status notice by SMS to `PHONE`, due now.
+    async fn enqueue_sms_notice(&self) -> Uuid {
+        self.enqueue(
+            MessageChannel::Sms,
+            PHONE,
+            "report_status",
+            status_payload(""),
+        )
+        .await
+    }
+
     async fn enqueue_sms_notices(&self, n: usize) -> Vec<Uuid> {
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
-            let payload = status_payload("");
-            ids.push(
-                self.enqueue(MessageChannel::Sms, PHONE, "report_status", payload)
-                    .await,
-            );
+            ids.push(self.enqueue_sms_notice().await);
         }
         ids
     }
@@ -380,14 +387,7 @@ async fn transient_failures_are_retried_with_backoff_then_sent(backend: Backend)
         Answer::Hang,
         Answer::Status(503),
     ]);
-    let id = h
-        .enqueue(
-            MessageChannel::Sms,
-            PHONE,
-            "report_status",
-            status_payload(""),
-        )
-        .await;
+    let id = h.enqueue_sms_notice().await;
 
     let round = round_with_work(&d).await;
     assert_eq!((round.claimed, round.retried), (1, 1));
@@ -432,14 +432,7 @@ async fn permanent_failures_are_not_retried(backend: Backend) {
     };
     let d = h.dispatcher();
     h.gateway.script(&[Answer::Status(400)]);
-    let sms = h
-        .enqueue(
-            MessageChannel::Sms,
-            PHONE,
-            "report_status",
-            status_payload(""),
-        )
-        .await;
+    let sms = h.enqueue_sms_notice().await;
     let refused = h
         .enqueue(
             MessageChannel::Email,
@@ -490,14 +483,7 @@ async fn exhausted_messages_are_dead_lettered_listed_and_requeued(backend: Backe
     let d = h.dispatcher();
     h.gateway
         .script(&[Answer::Status(502), Answer::Status(502)]);
-    let id = h
-        .enqueue(
-            MessageChannel::Sms,
-            PHONE,
-            "report_status",
-            status_payload(""),
-        )
-        .await;
+    let id = h.enqueue_sms_notice().await;
     assert_eq!(round_with_work(&d).await.retried, 1);
     assert_eq!(round_with_work(&d).await.dead, 1);
     let row = h.state_of(id).await;
@@ -578,14 +564,7 @@ async fn a_lapsed_lease_makes_the_message_due_again(backend: Backend) {
         return;
     };
     let d = h.dispatcher();
-    let id = h
-        .enqueue(
-            MessageChannel::Sms,
-            PHONE,
-            "report_status",
-            status_payload(""),
-        )
-        .await;
+    let id = h.enqueue_sms_notice().await;
     // A replica claims it and dies before sending: nothing is recorded.
     let taken = h
         .claim_sms("crashed-replica", chrono::Duration::milliseconds(300), 10)
@@ -685,14 +664,7 @@ async fn delivery_reports_update_the_message(backend: Backend) {
     let Some(h) = harness(backend, |_| {}).await else {
         return;
     };
-    let id = h
-        .enqueue(
-            MessageChannel::Sms,
-            PHONE,
-            "report_status",
-            status_payload(""),
-        )
-        .await;
+    let id = h.enqueue_sms_notice().await;
     let url = h.app.url("/api/v1/notifications/sms/delivery");
     let post = |secret: Option<&str>, body: serde_json::Value| {
         let mut request = h.app.client.post(&url).json(&body);
@@ -802,15 +774,7 @@ async fn waiting_messages_are_counted_per_channel(backend: Backend) {
         (MessageChannel::Sms, 0, false),
     ];
     assert_eq!(waiting().await, nothing);
-    for _ in 0..2 {
-        h.enqueue(
-            MessageChannel::Sms,
-            PHONE,
-            "report_status",
-            status_payload(""),
-        )
-        .await;
-    }
+    h.enqueue_sms_notices(2).await;
     let claimed = h
         .claim_sms("counter", chrono::Duration::seconds(60), 1)
         .await;
