@@ -13,10 +13,10 @@
 //! answered quickly and the rest are told to come back at once, not after a long wait.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -87,6 +87,24 @@ pub struct Batcher {
     queue: mpsc::Sender<Job>,
     batch_wait_us: Arc<AtomicU64>,
     pace: Arc<Pace>,
+    /// Reports handed to the queue whose handlers still wait for their answer.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts one waiting handler for as long as it lives (also when its request is dropped).
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How many reports the store commits per second, learnt from the commits themselves, and so
@@ -170,6 +188,7 @@ impl Batcher {
             queue,
             batch_wait_us,
             pace,
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -179,6 +198,7 @@ impl Batcher {
             return Err(CommitError::QueueFull);
         }
         let (reply, answer) = oneshot::channel();
+        let _waiting = Waiting::enter(&self.waiting);
         self.queue
             .try_send(Job { write, reply })
             .map_err(|e| match e {
@@ -194,6 +214,11 @@ impl Batcher {
     /// Reports waiting for a commit.
     pub fn depth(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Reports queued or being committed: the queue's depth plus what the collector holds.
+    pub fn in_flight(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     pub fn capacity(&self) -> usize {
@@ -232,35 +257,42 @@ impl Collector {
                 },
                 () = shutdown.cancelled() => break,
             };
-            let batch = self.fill(first).await;
-            self.dispatch(batch).await;
+            let wait = Duration::from_micros(self.batch_wait_us.load(Ordering::Relaxed));
+            let Some((batch, permit)) = batch_for_writer(
+                &mut self.receiver,
+                first,
+                &self.writers,
+                self.batch_max,
+                wait,
+            )
+            .await
+            else {
+                break;
+            };
+            self.dispatch(batch, permit);
         }
         // Shutdown: refuse new reports, commit the ones already accepted into the queue.
         self.receiver.close();
         while let Some(first) = self.receiver.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < self.batch_max {
-                match self.receiver.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            self.dispatch(batch).await;
+            let Some((batch, permit)) = batch_for_writer(
+                &mut self.receiver,
+                first,
+                &self.writers,
+                self.batch_max,
+                Duration::ZERO,
+            )
+            .await
+            else {
+                break;
+            };
+            self.dispatch(batch, permit);
         }
         // Commits still running are tasks on the same tracker; shutdown waits for them.
     }
 
-    async fn fill(&mut self, first: Job) -> Vec<Job> {
-        let wait = Duration::from_micros(self.batch_wait_us.load(Ordering::Relaxed));
-        fill(&mut self.receiver, first, self.batch_max, wait, ARRIVAL_GAP).await
-    }
-
-    /// Commit on a free writer. While every writer is busy the queue keeps filling, so the
-    /// next batch is larger: throughput grows with load instead of latency.
-    async fn dispatch(&self, batch: Vec<Job>) {
-        let Ok(permit) = Arc::clone(&self.writers).acquire_owned().await else {
-            return;
-        };
+    /// Commit on the writer `permit` holds. While every writer is busy the queue keeps filling,
+    /// so the next batch is larger: throughput grows with load instead of latency.
+    fn dispatch(&self, batch: Vec<Job>, permit: OwnedSemaphorePermit) {
         metrics::gauge!(names::INTAKE_QUEUE_DEPTH)
             .set((self.receiver.max_capacity() - self.receiver.capacity()) as f64);
         let store = Arc::clone(&self.store);
@@ -271,6 +303,23 @@ impl Collector {
             drop(permit);
         });
     }
+}
+
+/// Wait for a free writer, then take `first` and what queued up behind it (see [`fill`]).
+///
+/// The batch is formed only once it can be committed: whatever arrived during the previous
+/// commit goes into this one. A batch formed first would wait for the writer with the latest
+/// arrivals left for the commit after it. `None` only if the writers' semaphore was closed,
+/// which it never is.
+async fn batch_for_writer<T>(
+    receiver: &mut mpsc::Receiver<T>,
+    first: T,
+    writers: &Arc<Semaphore>,
+    max: usize,
+    wait: Duration,
+) -> Option<(Vec<T>, OwnedSemaphorePermit)> {
+    let permit = Arc::clone(writers).acquire_owned().await.ok()?;
+    Some((fill(receiver, first, max, wait, ARRIVAL_GAP).await, permit))
 }
 
 /// Take what is already queued, then wait for more: until `wait` has passed since the first,
@@ -430,6 +479,30 @@ mod tests {
             [9, 3, 4, 5]
         );
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_everything_that_queued_while_the_writer_was_busy() {
+        let writers = Arc::new(Semaphore::new(1));
+        let committing = Arc::clone(&writers).acquire_owned().await.unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.try_send(1).unwrap();
+        let first = rx.recv().await.unwrap();
+        let next = tokio::spawn(async move {
+            let (batch, _permit) = batch_for_writer(&mut rx, first, &writers, 100, Duration::ZERO)
+                .await
+                .unwrap();
+            batch
+        });
+        // Let the collector reach its wait for the writer before the others arrive.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!next.is_finished(), "no batch while the writer is busy");
+        tx.try_send(2).unwrap();
+        tx.try_send(3).unwrap();
+        drop(committing);
+        assert_eq!(next.await.unwrap(), [1, 2, 3]);
     }
 
     #[test]

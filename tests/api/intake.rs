@@ -419,28 +419,36 @@ async fn a_full_queue_answers_503_at_once_and_loses_nothing(backend: Backend) {
     .await;
     // Hold the write lock from outside so the writer is stuck on its first batch.
     let lock = WriteLock::take(&app).await;
-    let submits: Vec<_> = (0..8)
-        .map(|_| {
-            let client = app.client.clone();
-            let url = app.url("/api/v1/reports");
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .json(&sample_report())
-                    .send()
-                    .await
-                    .unwrap()
-            })
+    let submit = || {
+        let client = app.client.clone();
+        let url = app.url("/api/v1/reports");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&sample_report())
+                .send()
+                .await
+                .unwrap()
         })
-        .collect();
-    // The excess is refused at once; wait (bounded) until four answers are in.
-    for _ in 0..250 {
+    };
+    // Two reports leave the queue: one is being committed, the next waits for the writer.
+    let mut submits = vec![submit(), submit()];
+    let batcher = app.state.intake.batcher();
+    for _ in 0..500 {
+        if batcher.in_flight() == 2 && batcher.depth() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((batcher.in_flight(), batcher.depth()), (2, 0));
+    // Six more: two fit into the queue, the excess is refused at once.
+    submits.extend((0..6).map(|_| submit()));
+    for _ in 0..500 {
         if submits.iter().filter(|t| t.is_finished()).count() >= 4 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let (done, pending): (Vec<_>, Vec<_>) = submits.into_iter().partition(|t| t.is_finished());
     let mut refused = Vec::new();
     for task in done {
@@ -449,6 +457,7 @@ async fn a_full_queue_answers_503_at_once_and_loses_nothing(backend: Backend) {
     // Held: one committing, one batch formed and waiting for the writer, two queued; the
     // other four were refused without waiting.
     assert_eq!(pending.len(), 4, "held: {}", pending.len());
+    assert_eq!((batcher.in_flight(), batcher.depth()), (4, 2));
     for r in refused {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.headers().contains_key("retry-after"));
