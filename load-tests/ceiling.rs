@@ -6,6 +6,10 @@
 //! Intake can never commit faster than this; how far below it the service stays is what HTTP,
 //! the batcher and the dispatcher sharing the writer cost. And if this ceiling is itself below a
 //! target set against the baseline, no service on this store and machine could reach that target.
+//!
+//! A closed loop of n clients can never fill a batch beyond n reports (n / writers on each of
+//! several writers), and a commit has a fixed cost (the fsync, the pages every commit rewrites),
+//! so the same measurement in batches of that size is the ceiling for such a run.
 
 use std::time::{Duration, Instant};
 
@@ -29,20 +33,23 @@ pub struct Ceiling {
 }
 
 /// Write batches into the store at `database_url` until `budget` of commit time has passed.
+/// With `clients`, a batch holds no more reports than that many clients can have waiting on
+/// each writer at once.
 pub async fn measure(
     database_url: &str,
     postgres: bool,
     samples: &[Sample],
+    clients: Option<usize>,
     budget: Duration,
 ) -> anyhow::Result<Ceiling> {
     let mut config = Config::defaults()?;
     config.database.url = SecretString::from(database_url.to_owned());
-    let batch = config.intake.batch_max;
     let writers = if postgres {
         config.intake.postgres_writers
     } else {
         1
     };
+    let batch = batch_size(config.intake.batch_max, writers, clients);
     let store = store::connect(&config.database).await?;
     let keys = Keys::from_master(&rand::random());
     let mut next = samples.iter().cycle();
@@ -76,4 +83,28 @@ pub async fn measure(
         batch,
         writers,
     })
+}
+
+/// Reports in one batch: the configured most, or fewer when `clients` spread over `writers`
+/// cannot fill it.
+fn batch_size(batch_max: usize, writers: usize, clients: Option<usize>) -> usize {
+    let batch_max = batch_max.max(1);
+    clients.map_or(batch_max, |n| {
+        n.div_ceil(writers.max(1)).clamp(1, batch_max)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_size;
+
+    #[test]
+    fn a_closed_loop_fills_batches_only_up_to_its_clients_per_writer() {
+        assert_eq!(batch_size(1000, 1, None), 1000);
+        assert_eq!(batch_size(1000, 1, Some(64)), 64);
+        assert_eq!(batch_size(1000, 2, Some(64)), 32);
+        assert_eq!(batch_size(1000, 2, Some(5)), 3);
+        assert_eq!(batch_size(1000, 1, Some(5000)), 1000);
+        assert_eq!(batch_size(1000, 1, Some(0)), 1);
+    }
 }

@@ -446,11 +446,22 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
 
     let audit = lost::audit(&ws.spec.database_url, &ws.spec.master_key, &receipts).await?;
     // Phase 3, the service stopped: the same reports straight into the same store.
+    let budget = duration.min(Duration::from_secs(5));
     let ceiling = ceiling::measure(
         &ws.spec.database_url,
         common.postgres,
         &samples,
-        duration.min(Duration::from_secs(5)),
+        None,
+        budget,
+    )
+    .await?;
+    // The same in the batches the closed loop's clients could fill at most.
+    let closed_ceiling = ceiling::measure(
+        &ws.spec.database_url,
+        common.postgres,
+        &samples,
+        Some(common.connections),
+        budget,
     )
     .await?;
     ws.drop_database().await?;
@@ -583,6 +594,17 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
             format!("{:.2}", sustainable / ceiling.per_second),
         ),
     ]);
+    if closed_ceiling.batch < ceiling.batch {
+        println!(
+            "  in batches of {}, the most {} closed-loop clients can fill: {:.0} reports/s = \
+             {:.2} of the baseline (intake reached {:.2} of it)",
+            closed_ceiling.batch,
+            common.connections,
+            closed_ceiling.per_second,
+            closed_ceiling.per_second / base.per_second,
+            sustainable / closed_ceiling.per_second
+        );
+    }
     // With one writer its commit time is CPU time on the cores everything here shares.
     if ceiling.writers == 1 {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
