@@ -92,16 +92,16 @@ pub struct Batcher {
 }
 
 /// Counts one waiting handler for as long as it lives (also when its request is dropped).
-struct Waiting(Arc<AtomicUsize>);
+struct Waiting<'a>(&'a AtomicUsize);
 
-impl Waiting {
-    fn enter(count: &Arc<AtomicUsize>) -> Self {
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(count))
+        Self(count)
     }
 }
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -258,36 +258,36 @@ impl Collector {
                 () = shutdown.cancelled() => break,
             };
             let wait = Duration::from_micros(self.batch_wait_us.load(Ordering::Relaxed));
-            let Some((batch, permit)) = batch_for_writer(
-                &mut self.receiver,
-                first,
-                &self.writers,
-                self.batch_max,
-                wait,
-            )
-            .await
-            else {
+            if !self.commit_from(first, wait).await {
                 break;
-            };
-            self.dispatch(batch, permit);
+            }
         }
         // Shutdown: refuse new reports, commit the ones already accepted into the queue.
         self.receiver.close();
         while let Some(first) = self.receiver.recv().await {
-            let Some((batch, permit)) = batch_for_writer(
-                &mut self.receiver,
-                first,
-                &self.writers,
-                self.batch_max,
-                Duration::ZERO,
-            )
-            .await
-            else {
+            if !self.commit_from(first, Duration::ZERO).await {
                 break;
-            };
-            self.dispatch(batch, permit);
+            }
         }
         // Commits still running are tasks on the same tracker; shutdown waits for them.
+    }
+
+    /// Once a writer is free, commit `first` and what queued behind it (waiting up to `wait`
+    /// for more). `false` if no writer can ever be had.
+    async fn commit_from(&mut self, first: Job, wait: Duration) -> bool {
+        let next = batch_for_writer(
+            &mut self.receiver,
+            first,
+            &self.writers,
+            self.batch_max,
+            wait,
+        )
+        .await;
+        let Some((batch, permit)) = next else {
+            return false;
+        };
+        self.dispatch(batch, permit);
+        true
     }
 
     /// Commit on the writer `permit` holds. While every writer is busy the queue keeps filling,

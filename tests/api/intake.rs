@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{Backend, ServiceProcess, TestApp, TestDb, sample_report};
+use crate::notify::fakes::eventually;
 use crate::on_both_backends;
 
 impl TestApp {
@@ -434,21 +435,17 @@ async fn a_full_queue_answers_503_at_once_and_loses_nothing(backend: Backend) {
     // Two reports leave the queue: one is being committed, the next waits for the writer.
     let mut submits = vec![submit(), submit()];
     let batcher = app.state.intake.batcher();
-    for _ in 0..500 {
-        if batcher.in_flight() == 2 && batcher.depth() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the batcher to hold both", || {
+        batcher.in_flight() == 2 && batcher.depth() == 0
+    })
+    .await;
     assert_eq!((batcher.in_flight(), batcher.depth()), (2, 0));
     // Six more: two fit into the queue, the excess is refused at once.
     submits.extend((0..6).map(|_| submit()));
-    for _ in 0..500 {
-        if submits.iter().filter(|t| t.is_finished()).count() >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("four answers", || {
+        submits.iter().filter(|t| t.is_finished()).count() >= 4
+    })
+    .await;
     let (done, pending): (Vec<_>, Vec<_>) = submits.into_iter().partition(|t| t.is_finished());
     let mut refused = Vec::new();
     for task in done {
