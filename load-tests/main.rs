@@ -476,7 +476,11 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
         ("accepted reports/s", format!("{sustainable:.0}")),
         (
             "ratio intake / baseline",
-            format!("{ratio:.2}  (target >= 0.5: {})", verdict(ratio >= 0.5)),
+            format!(
+                "{}  (target >= 0.5: {})",
+                floor_2(ratio),
+                verdict(ratio >= 0.5)
+            ),
         ),
         (
             "accepted latency p50",
@@ -581,7 +585,8 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
         (
             "ratio store alone / baseline",
             format!(
-                "{store_share:.2}{}",
+                "{}{}",
+                floor_2(store_share),
                 if store_share < 0.5 {
                     "  (below 0.5: the intake target is out of reach on this store and machine)"
                 } else {
@@ -769,7 +774,11 @@ async fn status(args: &StatusArgs) -> anyhow::Result<bool> {
         ("answered 2xx/s", format!("{per_second:.0}")),
         (
             "ratio status / baseline",
-            format!("{ratio:.2}  (target >= 0.8: {})", verdict(ratio >= 0.8)),
+            format!(
+                "{}  (target >= 0.8: {})",
+                floor_2(ratio),
+                verdict(ratio >= 0.8)
+            ),
         ),
         ("ratio per round, sorted", spread),
         ("latency p50", format!("{:.2} ms", ms(&read.ok, 0.5))),
@@ -818,6 +827,13 @@ fn shared_core_bound(store_share: f64, cores: usize) -> f64 {
     store_share.min(n * store_share / (n * store_share + 1.0))
 }
 
+/// A ratio judged against a threshold, shown to two places rounded down: 0.497 is "0.49", so a
+/// missed target never prints as the threshold itself.
+fn floor_2(ratio: f64) -> String {
+    // The small nudge keeps a ratio such as 0.29, stored as 0.28999…, from showing as 0.28.
+    format!("{:.2}", ((ratio * 100.0) + 1e-9).floor() / 100.0)
+}
+
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
@@ -853,7 +869,16 @@ fn table(rows: &[(&str, String)]) {
 
 #[cfg(test)]
 mod tests {
-    use super::shared_core_bound;
+    use super::{floor_2, shared_core_bound};
+
+    #[test]
+    fn a_judged_ratio_never_shows_as_the_threshold_it_missed() {
+        assert_eq!(floor_2(0.4999), "0.49");
+        assert_eq!(floor_2(0.5), "0.50");
+        assert_eq!(floor_2(0.29), "0.29");
+        assert_eq!(floor_2(0.1049), "0.10");
+        assert_eq!(floor_2(1.0), "1.00");
+    }
 
     #[test]
     fn the_shared_core_bound_weighs_the_store_against_the_http_work() {
