@@ -613,9 +613,14 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
     // With one writer its commit time is CPU time on the cores everything here shares.
     if ceiling.writers == 1 {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let shared = if cores == 1 {
+            "1 core".to_owned()
+        } else {
+            format!("{cores} cores")
+        };
         println!(
             "  highest intake / baseline these cores allow: {:.2}  (a service doing only the \
-             baseline's HTTP work and the store's writes, sharing {cores} cores with the generator)",
+             baseline's HTTP work and the store's writes, sharing {shared} with the generator)",
             shared_core_bound(store_share, cores)
         );
     }
