@@ -19,7 +19,7 @@ use reliefline::crypto::Keys;
 use reliefline::domain::Channel;
 use reliefline::intake::{ValidReport, sealed_write};
 use reliefline::notify::Lang;
-use reliefline::store::{self, ReportWrite};
+use reliefline::store::{self, DynStore, ReportWrite};
 use secrecy::SecretString;
 
 use crate::reports::Sample;
@@ -32,57 +32,82 @@ pub struct Ceiling {
     pub writers: usize,
 }
 
-/// Write batches into the store at `database_url` until `budget` of commit time has passed.
-/// With `clients`, a batch holds no more reports than that many clients can have waiting on
-/// each writer at once.
-pub async fn measure(
-    database_url: &str,
-    postgres: bool,
-    samples: &[Sample],
-    clients: Option<usize>,
-    budget: Duration,
-) -> anyhow::Result<Ceiling> {
-    let mut config = Config::defaults()?;
-    config.database.url = SecretString::from(database_url.to_owned());
-    let writers = if postgres {
-        config.intake.postgres_writers
-    } else {
-        1
-    };
-    let batch = batch_size(config.intake.batch_max, writers, clients);
-    let store = store::connect(&config.database).await?;
-    let keys = Keys::from_master(&rand::random());
-    let mut next = samples.iter().cycle();
-    let mut build = || -> anyhow::Result<Vec<ReportWrite>> {
-        (0..batch)
-            .map(|_| {
-                let sample = next.next().context("no samples")?;
-                let body: serde_json::Value = serde_json::from_slice(&sample.body)?;
-                let valid = ValidReport::from_json(&body, chrono::Utc::now())
-                    .map_err(|e| anyhow::anyhow!("a benchmark report is invalid: {e:?}"))?;
-                Ok(sealed_write(&keys, valid, Channel::Api, Lang::Ko, None))
-            })
-            .collect()
-    };
-    let (mut spent, mut reports) = (Duration::ZERO, 0);
-    while spent < budget {
-        let batches = (0..writers)
-            .map(|_| build())
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let started = Instant::now();
-        futures::future::try_join_all(batches.iter().map(|b| store.insert_reports(b)))
-            .await
-            .context("writing a batch straight into the store")?;
-        spent += started.elapsed();
-        reports += batch * writers;
+/// The service's store, opened once for every measurement of a run.
+pub struct StoreAlone {
+    store: DynStore,
+    keys: Keys,
+    batch_max: usize,
+    writers: usize,
+}
+
+impl StoreAlone {
+    /// Open the store at `database_url` as the service would, with its default batching.
+    pub async fn open(database_url: &str, postgres: bool) -> anyhow::Result<Self> {
+        let mut config = Config::defaults()?;
+        config.database.url = SecretString::from(database_url.to_owned());
+        Ok(Self {
+            store: store::connect(&config.database).await?,
+            keys: Keys::from_master(&rand::random()),
+            batch_max: config.intake.batch_max,
+            writers: if postgres {
+                config.intake.postgres_writers
+            } else {
+                1
+            },
+        })
     }
-    store.close().await;
-    Ok(Ceiling {
-        per_second: reports as f64 / spent.as_secs_f64(),
-        reports,
-        batch,
-        writers,
-    })
+
+    /// Write batches until `budget` of commit time has passed. With `clients`, a batch holds no
+    /// more reports than that many clients can have waiting on each writer at once.
+    pub async fn measure(
+        &self,
+        samples: &[Sample],
+        clients: Option<usize>,
+        budget: Duration,
+    ) -> anyhow::Result<Ceiling> {
+        let writers = self.writers;
+        let batch = batch_size(self.batch_max, writers, clients);
+        let mut next = samples.iter().cycle();
+        let mut build = || -> anyhow::Result<Vec<ReportWrite>> {
+            (0..batch)
+                .map(|_| {
+                    let sample = next.next().context("no samples")?;
+                    let body: serde_json::Value = serde_json::from_slice(&sample.body)?;
+                    let valid = ValidReport::from_json(&body, chrono::Utc::now())
+                        .map_err(|e| anyhow::anyhow!("a benchmark report is invalid: {e:?}"))?;
+                    Ok(sealed_write(
+                        &self.keys,
+                        valid,
+                        Channel::Api,
+                        Lang::Ko,
+                        None,
+                    ))
+                })
+                .collect()
+        };
+        let (mut spent, mut reports) = (Duration::ZERO, 0);
+        while spent < budget {
+            let batches = (0..writers)
+                .map(|_| build())
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let started = Instant::now();
+            futures::future::try_join_all(batches.iter().map(|b| self.store.insert_reports(b)))
+                .await
+                .context("writing a batch straight into the store")?;
+            spent += started.elapsed();
+            reports += batch * writers;
+        }
+        Ok(Ceiling {
+            per_second: reports as f64 / spent.as_secs_f64(),
+            reports,
+            batch,
+            writers,
+        })
+    }
+
+    pub async fn close(self) {
+        self.store.close().await;
+    }
 }
 
 /// Reports in one batch: the configured most, or fewer when `clients` spread over `writers`

@@ -447,23 +447,13 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
     let audit = lost::audit(&ws.spec.database_url, &ws.spec.master_key, &receipts).await?;
     // Phase 3, the service stopped: the same reports straight into the same store.
     let budget = duration.min(Duration::from_secs(5));
-    let ceiling = ceiling::measure(
-        &ws.spec.database_url,
-        common.postgres,
-        &samples,
-        None,
-        budget,
-    )
-    .await?;
+    let store_alone = ceiling::StoreAlone::open(&ws.spec.database_url, common.postgres).await?;
+    let ceiling = store_alone.measure(&samples, None, budget).await?;
     // The same in the batches the closed loop's clients could fill at most.
-    let closed_ceiling = ceiling::measure(
-        &ws.spec.database_url,
-        common.postgres,
-        &samples,
-        Some(common.connections),
-        budget,
-    )
-    .await?;
+    let closed_ceiling = store_alone
+        .measure(&samples, Some(common.connections), budget)
+        .await?;
+    store_alone.close().await;
     ws.drop_database().await?;
 
     let ratio = sustainable / base.per_second;
