@@ -122,26 +122,6 @@ impl App {
             "sqlite" => 1,
             _ => config.intake.postgres_writers,
         };
-        let surge = incidents.surge().clone();
-        let batcher = Batcher::start(
-            Arc::clone(&store),
-            BatcherOptions {
-                queue_capacity: config.intake.queue_capacity,
-                batch_max: config.intake.batch_max,
-                batch_wait: std::time::Duration::from_millis(config.intake.batch_wait_ms),
-                writers,
-                max_queue_delay: std::time::Duration::from_millis(config.intake.max_queue_delay_ms),
-            },
-            Some(Arc::new(move |n| surge.record_accepted(n as u64))),
-            &background,
-            background_shutdown.clone(),
-        );
-        let intake = Intake::new(
-            &config.intake,
-            batcher,
-            Arc::clone(&store),
-            Arc::clone(&keys),
-        );
         let dispatcher = if config.notify.dispatcher.enabled {
             Some(Arc::new(
                 Dispatcher::new(
@@ -156,6 +136,27 @@ impl App {
         } else {
             None
         };
+        let surge = incidents.surge().clone();
+        let batcher = Batcher::start(
+            Arc::clone(&store),
+            BatcherOptions {
+                queue_capacity: config.intake.queue_capacity,
+                batch_max: config.intake.batch_max,
+                batch_wait: std::time::Duration::from_millis(config.intake.batch_wait_ms),
+                writers,
+                max_queue_delay: std::time::Duration::from_millis(config.intake.max_queue_delay_ms),
+            },
+            Some(Arc::new(move |n| surge.record_accepted(n as u64))),
+            dispatcher.as_ref().map(|d| d.handover()),
+            &background,
+            background_shutdown.clone(),
+        );
+        let intake = Intake::new(
+            &config.intake,
+            batcher,
+            Arc::clone(&store),
+            Arc::clone(&keys),
+        );
         let limiters = Limiters::new(&config.rate_limits)?;
         background.spawn(limiters.clone().run_pruner(background_shutdown.clone()));
         let web = Arc::new(Web::new(&config, incidents.mode()));

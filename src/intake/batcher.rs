@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::Receipt;
+use crate::notify::handover::{Handover, Reserved};
 use crate::store::{Conflict, DynStore, ReportWrite, StoreError};
 use crate::telemetry::names;
 
@@ -162,11 +163,14 @@ impl Pace {
 
 impl Batcher {
     /// Start the collector on `tasks`. It stops taking reports when `shutdown` fires, commits
-    /// everything already queued, and then exits.
+    /// everything already queued, and then exits. With a `handover`, each batch's notifications
+    /// are written leased to the local dispatcher where it has room, and queued there after the
+    /// commit.
     pub fn start(
         store: DynStore,
         options: BatcherOptions,
         observer: Option<CommitObserver>,
+        handover: Option<Handover>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -181,6 +185,7 @@ impl Batcher {
             batch_wait_us: Arc::clone(&batch_wait_us),
             writers: Arc::new(Semaphore::new(options.writers.max(1))),
             observer,
+            handover,
             tasks: tasks.clone(),
         };
         tasks.spawn(collector.run(shutdown));
@@ -243,6 +248,7 @@ struct Collector {
     batch_wait_us: Arc<AtomicU64>,
     writers: Arc<Semaphore>,
     observer: Option<CommitObserver>,
+    handover: Option<Handover>,
     tasks: TaskTracker,
 }
 
@@ -298,8 +304,9 @@ impl Collector {
         let store = Arc::clone(&self.store);
         let observer = self.observer.clone();
         let pace = Arc::clone(&self.pace);
+        let handover = self.handover.clone();
         self.tasks.spawn(async move {
-            commit(&store, batch, observer.as_ref(), &pace).await;
+            commit(&store, batch, observer.as_ref(), &pace, handover.as_ref()).await;
             drop(permit);
         });
     }
@@ -351,10 +358,22 @@ async fn fill<T>(
     batch
 }
 
-async fn commit(store: &DynStore, batch: Vec<Job>, observer: Option<&CommitObserver>, pace: &Pace) {
+async fn commit(
+    store: &DynStore,
+    batch: Vec<Job>,
+    observer: Option<&CommitObserver>,
+    pace: &Pace,
+    handover: Option<&Handover>,
+) {
     let size = batch.len();
     metrics::histogram!(names::INTAKE_BATCH_SIZE).record(size as f64);
-    let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (j.write, j.reply)).unzip();
+    let (mut writes, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|j| (j.write, j.reply)).unzip();
+    let mut reserved: Vec<Vec<Reserved>> = match handover {
+        Some(handover) => handover.lease(store.as_ref(), &mut writes),
+        None => Vec::new(),
+    };
+    reserved.resize_with(size, Vec::new);
     let started = Instant::now();
     let result = store.insert_reports(&writes).await;
     let took = started.elapsed();
@@ -365,9 +384,11 @@ async fn commit(store: &DynStore, batch: Vec<Job>, observer: Option<&CommitObser
             if let Some(observe) = observer {
                 observe(size);
             }
-            for (write, reply) in writes.into_iter().zip(replies) {
-                let receipt = write.report.receipt;
-                drop(reply.send(Ok(Committed { receipt })));
+            for ((write, reply), room) in writes.into_iter().zip(replies).zip(reserved) {
+                drop(reply.send(Ok(Committed {
+                    receipt: write.report.receipt,
+                })));
+                Handover::hand_over(write.outbox, room);
             }
         }
         // The store is away: every row would fail alike, so tell everyone at once.
@@ -382,9 +403,12 @@ async fn commit(store: &DynStore, batch: Vec<Job>, observer: Option<&CommitObser
                 tracing::info!(error = %e, size, "batch failed; committing its reports one by one");
             }
             let mut committed = 0;
-            for (write, reply) in writes.into_iter().zip(replies) {
-                let outcome = commit_one(store, write).await;
-                committed += usize::from(outcome.is_ok());
+            for ((mut write, reply), room) in writes.into_iter().zip(replies).zip(reserved) {
+                let outcome = commit_one(store, &mut write).await;
+                if outcome.is_ok() {
+                    committed += 1;
+                    Handover::hand_over(write.outbox, room);
+                }
                 drop(reply.send(outcome));
             }
             if let (Some(observe), true) = (observer, committed > 0) {
@@ -395,16 +419,16 @@ async fn commit(store: &DynStore, batch: Vec<Job>, observer: Option<&CommitObser
 }
 
 /// Commit a single report, replacing its receipt if the random one happened to collide.
-async fn commit_one(store: &DynStore, mut write: ReportWrite) -> Result<Committed, CommitError> {
+async fn commit_one(store: &DynStore, write: &mut ReportWrite) -> Result<Committed, CommitError> {
     for _ in 0..=RECEIPT_RETRIES {
-        match store.insert_reports(std::slice::from_ref(&write)).await {
+        match store.insert_reports(std::slice::from_ref(write)).await {
             Ok(()) => {
                 return Ok(Committed {
-                    receipt: write.report.receipt,
+                    receipt: write.report.receipt.clone(),
                 });
             }
             Err(StoreError::Conflict(Conflict::Receipt)) => {
-                write.report.receipt = Receipt::generate();
+                write.replace_receipt(Receipt::generate());
             }
             Err(StoreError::Conflict(Conflict::IdempotencyKey)) => {
                 return Err(CommitError::IdempotencyKeyTaken);

@@ -3,7 +3,8 @@
 //!
 //! It runs as a pipeline: per channel, a claimer keeps a bounded queue of leased messages and
 //! up to `concurrency` sends run from it; one recorder commits the outcomes of whatever has
-//! finished in a single set-based statement while the sends go on.
+//! finished in a single set-based statement while the sends go on. Intake puts receipt
+//! confirmations it wrote already leased straight into the same queues ([`Handover`]).
 //!
 //! Transient failures are retried with exponential backoff and jitter (never sooner than a
 //! gateway's `Retry-After`); permanent ones are not; a message out of attempts is dead-lettered
@@ -11,7 +12,8 @@
 //! rates. On shutdown it stops claiming, lets sends in flight finish, and hands back the
 //! messages it had claimed but not started.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -25,6 +27,7 @@ use uuid::Uuid;
 use super::config::{DispatcherConfig, NotifyConfig};
 use super::email::EmailTransport;
 use super::euckr;
+use super::handover::{Claimed, Handover};
 use super::render::{RenderSettings, Renderer};
 use super::sms::{SmsMessage, SmsTransport};
 use super::transport::{Delivered, SendError};
@@ -115,6 +118,27 @@ pub struct Dispatcher {
     sms_lane: usize,
     /// Woken when this process commits messages; each lane polls as well.
     due: Wakeup,
+    /// Each channel's queue of claimed messages: the claimer and intake's [`Handover`] fill it,
+    /// the lane's senders take from it (the receiver, until [`Dispatcher::run`] takes it).
+    email_queue: LaneQueue,
+    sms_queue: LaneQueue,
+    /// Set while the lanes run: only then does the [`Handover`] lease messages to them.
+    open: Arc<AtomicBool>,
+}
+
+struct LaneQueue {
+    sender: mpsc::Sender<Claimed>,
+    receiver: Mutex<Option<mpsc::Receiver<Claimed>>>,
+}
+
+impl LaneQueue {
+    fn new(size: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(size.max(1));
+        Self {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
 }
 
 /// A claimed message after its delivery attempt, waiting to be recorded.
@@ -153,9 +177,14 @@ impl Dispatcher {
             Ok(quota.map(RateLimiter::direct))
         };
         let lease = config.dispatcher.lease();
+        let email_lane = lane_size(&config.dispatcher, config.rate_limits.email, lease);
+        let sms_lane = lane_size(&config.dispatcher, config.rate_limits.sms, lease);
         Ok(Self {
-            email_lane: lane_size(&config.dispatcher, config.rate_limits.email, lease),
-            sms_lane: lane_size(&config.dispatcher, config.rate_limits.sms, lease),
+            email_lane,
+            sms_lane,
+            email_queue: LaneQueue::new(email_lane),
+            sms_queue: LaneQueue::new(sms_lane),
+            open: Arc::new(AtomicBool::new(false)),
             renderer,
             email: EmailTransport::from_config(&config.email)?,
             sms: SmsTransport::from_config(&config.sms)?,
@@ -182,6 +211,28 @@ impl Dispatcher {
     /// The lease owner name this dispatcher claims under.
     pub fn owner(&self) -> &str {
         &self.owner
+    }
+
+    /// Intake's way to hand this dispatcher the messages it writes, while [`Dispatcher::run`]
+    /// runs.
+    pub fn handover(&self) -> Handover {
+        Handover::new(
+            Arc::from(self.owner.as_str()),
+            self.config.lease(),
+            self.clock.clone(),
+            (
+                self.email_queue.sender.clone(),
+                self.sms_queue.sender.clone(),
+            ),
+            Arc::clone(&self.open),
+        )
+    }
+
+    fn queue(&self, channel: MessageChannel) -> &LaneQueue {
+        match channel {
+            MessageChannel::Email => &self.email_queue,
+            MessageChannel::Sms => &self.sms_queue,
+        }
     }
 
     /// One round for tests and tools: claim what is due on each channel, deliver it, record
@@ -222,9 +273,16 @@ impl Dispatcher {
             })
             .collect();
         drop(outcomes);
-        for lane in lanes {
-            drop(lane.await);
-        }
+        self.open.store(true, Ordering::Release);
+        let closing = async {
+            shutdown.cancelled().await;
+            self.open.store(false, Ordering::Release);
+        };
+        tokio::join!(closing, async {
+            for lane in lanes {
+                drop(lane.await);
+            }
+        });
         // Every lane has stopped, so the recorder drains what is left and ends.
         drop(recorder.await);
         match self.store.release_all(&self.owner, self.clock.now()).await {
@@ -274,7 +332,20 @@ impl Dispatcher {
         // Claimed messages waiting for a send slot: one batch, so the next claim is ready when
         // the sends need it and little waits out its lease in memory.
         let size = self.lane_size(channel);
-        let (queue, claimed) = mpsc::channel::<(OutboxMessage, Timestamp)>(size);
+        let queue = self.queue(channel).sender.clone();
+        let taken = self
+            .queue(channel)
+            .receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(claimed) = taken else {
+            tracing::error!(
+                channel = channel_label(channel),
+                "a dispatcher's lanes run once; this one is already running"
+            );
+            return;
+        };
         let mut due = self.due.waiter();
         let claimer = async {
             while !shutdown.is_cancelled() {
@@ -320,7 +391,20 @@ impl Dispatcher {
                 let shutdown = shutdown.clone();
                 running.spawn(async move {
                     loop {
-                        let next = claimed.lock().await.recv().await;
+                        let next = {
+                            let mut claimed = claimed.lock().await;
+                            tokio::select! {
+                                biased;
+                                next = claimed.recv() => next,
+                                // Intake may still hold room reserved for messages it is
+                                // committing: take no more, but drain what is queued and what
+                                // those reservations bring, handing it back unsent.
+                                () = shutdown.cancelled() => {
+                                    claimed.close();
+                                    claimed.recv().await
+                                }
+                            }
+                        };
                         let Some((message, lease_until)) = next else {
                             break;
                         };

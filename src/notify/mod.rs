@@ -11,6 +11,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod email;
 pub mod euckr;
+pub mod handover;
 pub mod render;
 pub mod sms;
 pub mod transport;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 pub use config::NotifyConfig;
 pub use dispatcher::{Dispatcher, Round};
+pub use handover::Handover;
 pub use render::{Lang, Rendered, Renderer};
 pub use transport::{Delivered, SendError};
 
@@ -72,6 +74,7 @@ pub fn receipt_confirmation(
                 source_kind: "report".to_owned(),
                 source_id: Some(report.id),
                 not_before: report.received_at,
+                lease: None,
             })
         })
         .collect()

@@ -29,8 +29,8 @@ pub use incidents::{
     NewIncidentUpdate, Transition,
 };
 pub use outbox::{
-    MessageChannel, MessageState, NewMessage, OutboxMessage, OutboxProgress, OutboxStore, Outcome,
-    PendingStat, Requeue,
+    Lease, MessageChannel, MessageState, NewMessage, OutboxMessage, OutboxProgress, OutboxStore,
+    Outcome, PendingStat, Requeue,
 };
 pub use postgres::PgStore;
 pub use reports::{

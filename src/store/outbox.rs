@@ -6,6 +6,8 @@
 //! message due again. Everything but the claim reads the same on both backends and is written
 //! once, in [`impl_outbox_store!`].
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 
@@ -24,6 +26,58 @@ pub struct NewMessage {
     pub source_kind: String,
     pub source_id: Option<Uuid>,
     pub not_before: Timestamp,
+    /// Written already claimed, for the dispatcher of the process that writes it: no claim
+    /// needs to find it, and it is due to anyone else only once the lease lapses.
+    pub lease: Option<Lease>,
+}
+
+/// A claim made as a message is written: `owner` holds it until `until`, the first attempt
+/// counted, exactly as if a claim had taken it at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: Arc<str>,
+    /// From [`OutboxStore::lease_end`], so no claim's lease ends at the same instant.
+    pub until: Timestamp,
+}
+
+impl NewMessage {
+    /// What the row's claim columns start as: `(state, attempts, next_attempt_at, lease_owner,
+    /// lease_until)` in milliseconds.
+    pub(super) fn claim_columns(&self) -> (&'static str, i32, i64, Option<&str>, Option<i64>) {
+        match &self.lease {
+            None => ("pending", 0, super::to_millis(self.not_before), None, None),
+            Some(lease) => {
+                let until = super::to_millis(lease.until);
+                ("sending", 1, until, Some(&lease.owner), Some(until))
+            }
+        }
+    }
+
+    /// The message as a claim would have read it back, with its lease end; `None` unless it
+    /// was written leased.
+    pub fn into_claimed(self) -> Option<(OutboxMessage, Timestamp)> {
+        let until = self.lease?.until;
+        let message = OutboxMessage {
+            id: self.id,
+            channel: self.channel,
+            template: self.template,
+            lang: self.lang,
+            recipient: self.recipient,
+            payload: self.payload,
+            source_kind: self.source_kind,
+            source_id: self.source_id,
+            state: MessageState::Sending,
+            attempts: 1,
+            next_attempt_at: until,
+            last_error: None,
+            gateway_ref: None,
+            delivery_status: None,
+            created_at: self.not_before,
+            updated_at: self.not_before,
+            sent_at: None,
+        };
+        Some((message, until))
+    }
 }
 
 #[derive(
@@ -65,6 +119,12 @@ pub trait OutboxStore {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<OutboxMessage>>;
+
+    /// A lease end for messages written already leased ([`NewMessage::lease`]): `wanted`, or a
+    /// little later where the backend needs every claim's lease to end at its own instant.
+    fn lease_end(&self, wanted: Timestamp) -> Timestamp {
+        wanted
+    }
 
     /// Record what happened to claimed messages, in one transaction. Each answer is `false`
     /// when `owner` no longer held that message (its lease lapsed and another dispatcher took
@@ -216,9 +276,11 @@ impl OutboxProgress {
 }
 
 pub(super) mod sql {
-    /// Columns of an outbox row, in the order the SQLite batch insert binds them.
+    /// Columns of an outbox row, in the order the SQLite batch insert binds them: the
+    /// message's, then its [`super::NewMessage::claim_columns`].
     pub const OUTBOX_COLUMNS: &str = "id, channel, template, lang, recipient_enc, payload, \
-         source_kind, source_id, state, attempts, next_attempt_at, created_at, updated_at";
+         source_kind, source_id, created_at, updated_at, state, attempts, next_attempt_at, \
+         lease_owner, lease_until";
 
     /// Every column, in [`super::MessageRow`]'s order.
     macro_rules! message_columns {
@@ -229,9 +291,11 @@ pub(super) mod sql {
         };
     }
 
+    /// Binds the message's columns, then its [`super::NewMessage::claim_columns`].
     pub const INSERT_ONE: &str = "INSERT INTO outbox (id, channel, template, lang, \
-         recipient_enc, payload, source_kind, source_id, state, attempts, next_attempt_at, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9)";
+         recipient_enc, payload, source_kind, source_id, created_at, updated_at, state, \
+         attempts, next_attempt_at, lease_owner, lease_until) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14)";
 
     /// The due messages a claim takes: pending or with a lapsed lease, oldest due first. The
     /// claim pushes `next_attempt_at` to the lease end, so leased rows drop out of the due index.
@@ -459,6 +523,7 @@ macro_rules! impl_outbox_store {
                 use $crate::store::outbox::sql;
                 let mut tx = self.$write.begin().await.map_err(Self::error)?;
                 for m in messages {
+                    let (state, attempts, next_at, owner, until) = m.claim_columns();
                     sqlx::query(sql::INSERT_ONE)
                         .bind(m.id)
                         .bind(m.channel.as_ref())
@@ -469,11 +534,20 @@ macro_rules! impl_outbox_store {
                         .bind(m.source_kind.as_str())
                         .bind(m.source_id)
                         .bind($crate::store::to_millis(m.not_before))
+                        .bind(state)
+                        .bind(attempts)
+                        .bind(next_at)
+                        .bind(owner)
+                        .bind(until)
                         .execute(&mut *tx)
                         .await
                         .map_err(Self::error)?;
                 }
                 tx.commit().await.map_err(Self::error)
+            }
+
+            fn lease_end(&self, wanted: $crate::store::Timestamp) -> $crate::store::Timestamp {
+                $crate::store::from_millis(self.lease_end_ms($crate::store::to_millis(wanted)))
             }
 
             async fn claim_due(

@@ -111,6 +111,19 @@ pub struct ReportWrite {
     pub outbox: Vec<NewMessage>,
 }
 
+impl ReportWrite {
+    /// Give the report another receipt (its first collided with a stored one), in the report
+    /// and in every notification that quotes it.
+    pub fn replace_receipt(&mut self, receipt: Receipt) {
+        for message in &mut self.outbox {
+            if let Some(quoted) = message.payload.get_mut("receipt") {
+                *quoted = serde_json::Value::from(receipt.as_str());
+            }
+        }
+        self.report.receipt = receipt;
+    }
+}
+
 /// What the status lookup needs to know about a report.
 #[derive(Debug, Clone)]
 pub struct StoredReport {
@@ -332,5 +345,35 @@ impl IdempotentRow {
             incident_id: self.incident_id,
             received_at: from_millis(self.received_at),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use crate::crypto::Keys;
+    use crate::domain::{Channel, Receipt};
+    use crate::intake::{ValidReport, sealed_write};
+    use crate::notify::Lang;
+
+    #[test]
+    fn a_replaced_receipt_is_the_one_the_confirmations_quote() {
+        let body = serde_json::json!({
+            "provider": "Kakao", "service": "KakaoTalk", "reporter_type": "individual",
+            "harm_type": "service_unavailable", "description": "메시지가 전송되지 않습니다.",
+            "reporter": {"name": "홍길동", "phone": "010-1234-5678", "email": "hong@example.kr"},
+            "notify": {"sms": true, "email": true}, "consent": {"personal_info": true}
+        });
+        let report = ValidReport::from_json(&body, Utc::now()).unwrap();
+        let keys = Keys::from_master(&[5u8; 32]);
+        let mut write = sealed_write(&keys, report, Channel::Api, Lang::Ko, None);
+        assert_eq!(write.outbox.len(), 2);
+        let fresh = Receipt::generate();
+        write.replace_receipt(fresh.clone());
+        assert_eq!(write.report.receipt, fresh);
+        for message in &write.outbox {
+            assert_eq!(message.payload["receipt"], fresh.as_str(), "{message:?}");
+        }
     }
 }

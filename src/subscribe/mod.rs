@@ -164,6 +164,7 @@ pub(crate) async fn subscribe(
         source_kind: SUBSCRIPTION_SOURCE.into(),
         source_id: Some(id),
         not_before: now,
+        lease: None,
     };
     let request = NewSubscription {
         id,

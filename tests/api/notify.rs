@@ -138,6 +138,7 @@ impl Harness {
             source_kind: "report".into(),
             source_id: Some(Uuid::now_v7()),
             not_before: Utc::now(),
+            lease: None,
         };
         self.app
             .store
@@ -165,6 +166,15 @@ impl Harness {
             ids.push(self.enqueue_sms_notice().await);
         }
         ids
+    }
+
+    /// Stop the service (orderly, as on SIGTERM) and open its store afresh; the SMS gateway
+    /// stays up for the next start.
+    async fn stop(self) -> (Arc<TestDb>, reliefline::store::DynStore, SmsGateway) {
+        let db = self.app.stop().await;
+        let config = crate::helpers::test_config(&db);
+        let store = reliefline::store::connect(&config.database).await.unwrap();
+        (db, store, self.gateway)
     }
 
     async fn state_of(&self, id: Uuid) -> OutboxMessage {
@@ -836,6 +846,7 @@ async fn two_dispatchers_on_postgres_send_each_message_once() {
             source_kind: "report".into(),
             source_id: None,
             not_before: Utc::now(),
+            lease: None,
         })
         .collect();
     h.app.store.enqueue(&messages).await.unwrap();
@@ -1042,16 +1053,8 @@ async fn rate_limits_hold_sends_back_and_shutdown_releases_claims(backend: Backe
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(h.gateway.seen().len(), 2, "the limit holds the rest back");
 
-    let Harness {
-        app,
-        gateway,
-        smtp: _smtp,
-    } = h;
+    let (db, store, gateway) = h.stop().await;
     let port_url = gateway.url();
-    let db = app.stop().await;
-    let store = reliefline::store::connect(&crate::helpers::test_config(&db).database)
-        .await
-        .unwrap();
     let mut held = 0;
     for id in &ids {
         let row = store.find_message(*id).await.unwrap().unwrap();
@@ -1171,9 +1174,116 @@ async fn eventually_async(
     }
 }
 
+/// What a report's receipt confirmations are, by state, summed over `receipts`.
+async fn confirmations_by_state(
+    store: &reliefline::store::DynStore,
+    receipts: &[String],
+) -> reliefline::store::OutboxProgress {
+    let mut sum = reliefline::store::OutboxProgress::default();
+    for receipt in receipts {
+        let report = store
+            .find_report(&receipt.parse().unwrap())
+            .await
+            .unwrap()
+            .expect("a committed report");
+        let p = store.outbox_progress(report.id).await.unwrap();
+        sum.pending += p.pending;
+        sum.sending += p.sending;
+        sum.sent += p.sent;
+        sum.failed += p.failed;
+        sum.dead += p.dead;
+    }
+    sum
+}
+
+/// Intake hands a report's confirmation straight to the dispatcher of its own process, written
+/// already leased in the report's transaction: the dispatcher here never polls during the test,
+/// so only the hand-over can bring these confirmations to a sender. With the SMS lane full
+/// (one send a minute: one message waiting for the limit, one queued) the rest are written
+/// pending. On shutdown the confirmations handed over but not sent are handed back; the next
+/// start sends every one, each once.
+async fn receipt_confirmations_go_straight_to_the_dispatcher(backend: Backend) {
+    let Some(h) = harness(backend, |c| {
+        c.notify.dispatcher.enabled = true;
+        c.notify.dispatcher.poll_interval_ms = 600_000;
+        c.notify.dispatcher.lease_secs = 60;
+        c.notify.rate_limits.sms.per_minute = 1.0;
+        c.notify.rate_limits.sms.burst = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let submit = || async {
+        let response = h
+            .app
+            .client
+            .post(h.app.url("/api/v1/reports"))
+            .json(&sample_report())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["receipt"].as_str().unwrap().to_owned()
+    };
+    let mut receipts = vec![submit().await];
+    eventually("the first confirmation", || h.gateway.seen().len() == 1).await;
+    for _ in 0..4 {
+        receipts.push(submit().await);
+    }
+    let store = h.app.store.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let held = confirmations_by_state(&store, &receipts).await;
+        if held.sent == 1 || tokio::time::Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(h.gateway.seen().len(), 1, "the limit holds the rest back");
+    assert_eq!(held.sent, 1, "{held:?}");
+    assert!((1..=2).contains(&held.sending), "handed over: {held:?}");
+    assert_eq!(held.pending, 4 - held.sending, "no room: {held:?}");
+
+    let (db, store, gateway) = h.stop().await;
+    let gateway_url = gateway.url();
+    let stopped = confirmations_by_state(&store, &receipts).await;
+    assert_eq!((stopped.sent, stopped.sending), (1, 0), "{stopped:?}");
+    assert_eq!(stopped.pending, 4, "{stopped:?}");
+
+    let app = TestApp::spawn_with(db, move |c| {
+        c.notify.sms.transport = SmsTransportKind::Http;
+        c.notify.sms.url = gateway_url;
+        c.notify.dispatcher.poll_interval_ms = 20;
+    })
+    .await;
+    eventually("all five confirmed", || gateway.seen().len() == 5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counts = gateway.counts();
+    assert_eq!(counts.len(), 5, "{counts:?}");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    for id in counts.keys() {
+        let row = app
+            .store
+            .find_message(id.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        // A confirmation handed back gave its attempt back.
+        assert_eq!(
+            (row.state, row.attempts),
+            (MessageState::Sent, 1),
+            "{row:?}"
+        );
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
     rate_limits_hold_sends_back_and_shutdown_releases_claims,
     a_message_held_past_half_its_lease_is_released_and_sent_later,
+    receipt_confirmations_go_straight_to_the_dispatcher,
 );
 
 /// The outage notice for an incident update names the outage, its cause and response, a
@@ -1238,6 +1348,7 @@ async fn an_incident_update_goes_out_as_the_statutory_notice(backend: Backend) {
             source_kind: "incident_update".into(),
             source_id: Some(update_id),
             not_before: Utc::now(),
+            lease: None,
         };
         ids.push(message.id);
         h.app.store.enqueue(&[message]).await.unwrap();
@@ -1439,6 +1550,7 @@ async fn smtp_over_starttls_and_implicit_tls() {
                 source_kind: "report".into(),
                 source_id: None,
                 not_before: Utc::now(),
+                lease: None,
             };
             app.store
                 .enqueue(std::slice::from_ref(&message))

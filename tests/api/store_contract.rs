@@ -4,7 +4,7 @@ use chrono::{TimeZone as _, Utc};
 use reliefline::crypto::Keys;
 use reliefline::domain::{Channel, HarmType, Receipt, ReportStatus, ReporterType};
 use reliefline::store::{
-    self, AuditEntry, Conflict, DynStore, IdempotencyRecord, MessageChannel, MessageState,
+    self, AuditEntry, Conflict, DynStore, IdempotencyRecord, Lease, MessageChannel, MessageState,
     NewMessage, NewReport, Outcome, ReportWrite, StoreError,
 };
 use uuid::Uuid;
@@ -61,6 +61,7 @@ fn report(n: u32) -> ReportWrite {
             source_kind: "report".into(),
             source_id: Some(id),
             not_before: Utc::now(),
+            lease: None,
         }],
     }
 }
@@ -218,6 +219,7 @@ on_both_backends!(
     audit_entries_are_kept_in_order,
     a_group_of_outcomes_is_recorded_only_where_the_lease_is_held,
     claims_in_the_same_instant_take_different_messages_whole,
+    a_message_written_leased_is_held_until_its_lease_lapses,
 );
 
 /// Claims by one owner with the same clock and lease take different messages, and each comes
@@ -270,6 +272,98 @@ async fn claims_in_the_same_instant_take_different_messages_whole(backend: Backe
             .unwrap()
             .is_empty()
     );
+}
+
+/// A report's confirmation written already leased (handed to the local dispatcher) is a claimed
+/// row like any other: no claim takes it while the lease holds, not even a claim by the same
+/// owner asking for the same lease end (SQLite reads a claim back by owner and lease end), and
+/// once the lease lapses anyone may take it.
+async fn a_message_written_leased_is_held_until_its_lease_lapses(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let ids =
+        |claimed: &[store::OutboxMessage]| -> Vec<Uuid> { claimed.iter().map(|m| m.id).collect() };
+    let pending: Vec<NewMessage> = (0..2).flat_map(|n| report(n).outbox).collect();
+    let now = Utc::now();
+    let wanted = now + chrono::Duration::seconds(60);
+    store.enqueue(&pending[..1]).await.unwrap();
+    let before = store
+        .claim_due("a", MessageChannel::Sms, now, wanted, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&before), [pending[0].id]);
+
+    let mut leased = report(7);
+    let until = store.lease_end(wanted);
+    let (until_ms, wanted_ms) = (until.timestamp_millis(), wanted.timestamp_millis());
+    assert!(until_ms >= wanted_ms, "{until} is before {wanted}");
+    if backend == Backend::Sqlite {
+        assert!(until_ms > wanted_ms, "the claim before ended at {wanted}");
+    }
+    leased.outbox[0].lease = Some(Lease {
+        owner: "a".into(),
+        until,
+    });
+    store
+        .insert_reports(std::slice::from_ref(&leased))
+        .await
+        .unwrap();
+    store.enqueue(&pending[1..]).await.unwrap();
+    let after = store
+        .claim_due("a", MessageChannel::Sms, now, wanted, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(&after), [pending[1].id], "a claim gets what it took");
+
+    let message = leased.outbox[0].clone();
+    let row = store.find_message(message.id).await.unwrap().unwrap();
+    assert_eq!((row.state, row.attempts), (MessageState::Sending, 1));
+    assert_eq!(
+        row.next_attempt_at.timestamp_millis(),
+        until.timestamp_millis()
+    );
+    let (view, view_until) = message.into_claimed().expect("written leased");
+    assert_eq!(view_until, until);
+    assert_eq!(
+        (view.id, view.state, view.attempts),
+        (row.id, row.state, row.attempts)
+    );
+    assert_eq!(
+        (
+            &view.recipient,
+            &view.payload,
+            &view.template,
+            view.source_id
+        ),
+        (&row.recipient, &row.payload, &row.template, row.source_id)
+    );
+    assert!(report(8).outbox[0].clone().into_claimed().is_none());
+
+    // Another owner's claim at `at`, leasing for a minute.
+    let claim_by_b = |at: chrono::DateTime<Utc>| {
+        store.claim_due(
+            "b",
+            MessageChannel::Sms,
+            at,
+            at + chrono::Duration::seconds(60),
+            10,
+        )
+    };
+    // Held: another owner finds nothing due while the lease runs.
+    let none = claim_by_b(now + chrono::Duration::seconds(30))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{:?}", ids(&none));
+    // Lapsed (the process died before sending it): due to anyone, a second attempt.
+    let retaken = claim_by_b(until + chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    let again = retaken
+        .iter()
+        .find(|m| m.id == row.id)
+        .expect("due once the lease lapsed");
+    assert_eq!(again.attempts, 2);
 }
 
 /// One group, three answers: the two messages `a` holds are recorded, the one `b` holds and an

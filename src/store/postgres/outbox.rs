@@ -26,6 +26,12 @@ const RECORD: &str = concat!(
 );
 
 impl PgStore {
+    /// A claim reads its rows back with `RETURNING`, so lease ends need not differ.
+    #[allow(clippy::unused_self)]
+    fn lease_end_ms(&self, wanted: i64) -> i64 {
+        wanted
+    }
+
     /// Claim up to `limit` due messages of `channel` with one statement.
     async fn claim_group(
         &self,

@@ -35,12 +35,15 @@ const INSERT_EVENTS: &str = "INSERT INTO report_events (id, report_id, status, n
      FROM UNNEST($1::uuid[], $2::uuid[], $4::int8[]) AS t(id, report_id, at)";
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (id, channel, template, lang, recipient_enc, \
-     payload, source_kind, source_id, state, attempts, next_attempt_at, created_at, updated_at) \
+     payload, source_kind, source_id, state, attempts, next_attempt_at, lease_owner, \
+     lease_until, created_at, updated_at) \
      SELECT id, channel, template, lang, recipient_enc, payload, source_kind, source_id, \
-     'pending', 0, due, due, due \
+     state, attempts, next_at, lease_owner, lease_until, due, due \
      FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], \
-     $7::text[], $8::uuid[], $9::int8[]) \
-     AS t(id, channel, template, lang, recipient_enc, payload, source_kind, source_id, due)";
+     $7::text[], $8::uuid[], $9::int8[], $10::text[], $11::int4[], $12::int8[], $13::text[], \
+     $14::int8[]) \
+     AS t(id, channel, template, lang, recipient_enc, payload, source_kind, source_id, due, \
+     state, attempts, next_at, lease_owner, lease_until)";
 
 /// Column arrays for one UNNEST insert of reports.
 #[derive(Default)]
@@ -159,6 +162,7 @@ impl ReportStore for PgStore {
         let messages: Vec<_> = batch.iter().flat_map(|w| &w.outbox).collect();
         if !messages.is_empty() {
             let payloads: Vec<String> = messages.iter().map(|m| m.payload.to_string()).collect();
+            let claims: Vec<_> = messages.iter().map(|m| m.claim_columns()).collect();
             sqlx::query(INSERT_OUTBOX)
                 .bind(messages.iter().map(|m| m.id).collect::<Vec<_>>())
                 .bind(
@@ -194,6 +198,11 @@ impl ReportStore for PgStore {
                         .map(|m| to_millis(m.not_before))
                         .collect::<Vec<_>>(),
                 )
+                .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.1).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.2).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.3).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.4).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
                 .map_err(Self::error)?;

@@ -52,9 +52,23 @@ const RECORD: &str = concat!(
 );
 
 impl SqliteStore {
+    /// `wanted`, or a millisecond after the latest lease end this store has handed out if that
+    /// is as late: every claim, and every batch of messages written leased, gets a lease end of
+    /// its own, by which a claim reads back exactly the rows it took. A later end than asked
+    /// for is only more careful.
+    fn lease_end_ms(&self, wanted: i64) -> i64 {
+        let after = |last: i64| wanted.max(last.saturating_add(1));
+        let previous = self
+            .last_lease_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(after(last))
+            })
+            .unwrap_or_else(|last| last);
+        after(previous)
+    }
+
     /// Claim up to `limit` due messages of `channel` in one transaction, read back as one row.
-    /// The lease ends at `lease_ms` or, if an earlier claim of this store ended there or later,
-    /// a millisecond after the latest: a later end than asked for is only more careful.
+    /// The lease ends at `lease_ms` or later (see `lease_end_ms`).
     async fn claim_group(
         &self,
         owner: &str,
@@ -63,14 +77,7 @@ impl SqliteStore {
         lease_ms: i64,
         limit: i64,
     ) -> StoreResult<Vec<MessageRow>> {
-        let after = |last: i64| lease_ms.max(last.saturating_add(1));
-        let previous = self
-            .last_lease_ms
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                Some(after(last))
-            })
-            .unwrap_or_else(|last| last);
-        let lease_ms = after(previous);
+        let lease_ms = self.lease_end_ms(lease_ms);
         let mut conn = self.writer.acquire().await.map_err(Self::error)?;
         let claimed = match sqlx::query_scalar::<_, String>(CLAIM)
             .bind(owner)

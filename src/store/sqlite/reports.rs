@@ -80,10 +80,11 @@ impl ReportStore for SqliteStore {
             q.push("; ");
         }
         let messages: Vec<_> = batch.iter().flat_map(|w| &w.outbox).collect();
-        for chunk in messages.chunks(MAX_PARAMS / 13) {
+        for chunk in messages.chunks(MAX_PARAMS / 15) {
             q.push(format_args!("INSERT INTO outbox ({OUTBOX_COLUMNS}) "));
             q.push_values(chunk, |mut row, m| {
                 let due = to_millis(m.not_before);
+                let (state, attempts, next_at, owner, until) = m.claim_columns();
                 row.push_bind(m.id)
                     .push_bind(m.channel.as_ref())
                     .push_bind(m.template.as_str())
@@ -92,11 +93,13 @@ impl ReportStore for SqliteStore {
                     .push_bind(m.payload.to_string())
                     .push_bind(m.source_kind.as_str())
                     .push_bind(m.source_id)
-                    .push_bind("pending")
-                    .push_bind(0_i32)
                     .push_bind(due)
                     .push_bind(due)
-                    .push_bind(due);
+                    .push_bind(state)
+                    .push_bind(attempts)
+                    .push_bind(next_at)
+                    .push_bind(owner)
+                    .push_bind(until);
             });
             q.push("; ");
         }
