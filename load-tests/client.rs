@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::reports::{Contact, Sample};
+use crate::reports::{Acknowledged, Sample};
 
 /// Longest a single request may take before it counts as a transport error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -165,7 +165,7 @@ pub struct Tally {
     pub transport_errors: u64,
     pub first_error: Option<String>,
     /// Receipt and contact of every `201`.
-    pub receipts: Vec<(String, Contact)>,
+    pub receipts: Vec<Acknowledged>,
     /// From the first send to the last answer.
     pub elapsed: Duration,
     /// Open loop: requests the schedule called for (all of them are due before the end).
@@ -263,8 +263,12 @@ impl Tally {
                 receipt: String,
             }
             if let Ok(a) = serde_json::from_slice::<Accepted>(&reply.body) {
-                self.receipts
-                    .push((a.receipt, samples[pick].contact.clone()));
+                let sample = &samples[pick];
+                self.receipts.push(Acknowledged {
+                    receipt: a.receipt,
+                    contact: sample.contact.clone(),
+                    confirmations: sample.confirmations,
+                });
             }
         }
     }
@@ -386,6 +390,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reports::Contact;
 
     /// The baseline server in this process, on a free port.
     async fn baseline() -> SocketAddr {
@@ -451,6 +456,7 @@ mod tests {
             samples: Arc::new(vec![Sample {
                 body: Bytes::from_static(br#"{"provider": "Kakao"}"#),
                 contact: Contact::Email("a@example.kr".into()),
+                confirmations: 0,
             }]),
             tag: "bad".into(),
         };

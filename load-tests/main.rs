@@ -615,23 +615,17 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
         );
     }
     println!("### Service");
-    table(&[
-        (
-            "peak RSS (VmHWM)",
-            format!(
-                "{peak_mib:.0} MiB  (target < 300 MiB: {})",
-                verdict(peak_mib < 300.0)
-            ),
+    let mut lines = vec![(
+        "peak RSS (VmHWM)",
+        format!(
+            "{peak_mib:.0} MiB  (target < 300 MiB: {})",
+            verdict(peak_mib < 300.0)
         ),
-        (
-            "receipts acknowledged",
-            format!("{} (rows in store: {})", audit.acknowledged, audit.stored),
-        ),
-        ("lost", audit.lost.to_string()),
-        ("stored contact differs", audit.wrong_contact.to_string()),
-    ]);
+    )];
+    lines.extend(audit.lines());
+    table(&lines);
     println!();
-    Ok(audit.lost == 0 && audit.wrong_contact == 0)
+    Ok(audit.passed())
 }
 
 // ---- status ------------------------------------------------------------------------------
@@ -755,7 +749,7 @@ async fn status(args: &StatusArgs) -> anyhow::Result<bool> {
     } else {
         0.0
     };
-    table(&[
+    let mut lines = vec![
         ("paths refreshed", present.join(", ")),
         (
             "rounds",
@@ -798,11 +792,11 @@ async fn status(args: &StatusArgs) -> anyhow::Result<bool> {
             "peak RSS (VmHWM)",
             format!("{:.0} MiB", peak as f64 / 1024.0),
         ),
-        ("lost", audit.lost.to_string()),
-        ("stored contact differs", audit.wrong_contact.to_string()),
-    ]);
+    ];
+    lines.extend(audit.lines());
+    table(&lines);
     println!();
-    Ok(audit.lost == 0 && audit.wrong_contact == 0)
+    Ok(audit.passed())
 }
 
 // ---- output ------------------------------------------------------------------------------

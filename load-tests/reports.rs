@@ -16,11 +16,21 @@ pub enum Contact {
     Email(String),
 }
 
-/// One ready-to-send body and the contact inside it.
+/// One ready-to-send body, the contact inside it and the receipt confirmations it asks for.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub body: Bytes,
     pub contact: Contact,
+    /// Channels (SMS, e-mail) the report asks to be told on: one confirmation each.
+    pub confirmations: usize,
+}
+
+/// A report the service answered `201`, and what its store must then hold.
+#[derive(Debug, Clone)]
+pub struct Acknowledged {
+    pub receipt: String,
+    pub contact: Contact,
+    pub confirmations: usize,
 }
 
 /// The JSON shape of `POST /api/v1/reports`, as a client writes it.
@@ -248,10 +258,15 @@ pub fn pool(count: usize, seed: u64, incident_id: Option<&str>) -> Vec<Sample> {
                     personal_info: true,
                 },
             };
+            let confirmations = usize::from(body.notify.sms) + usize::from(body.notify.email);
             let body = serde_json::to_vec(&body)
                 .map(Bytes::from)
                 .unwrap_or_default();
-            Sample { body, contact }
+            Sample {
+                body,
+                contact,
+                confirmations,
+            }
         })
         .collect()
 }
@@ -272,6 +287,11 @@ mod tests {
             if let Err(fields) = ValidReport::from_json(&body, Utc::now()) {
                 panic!("{body} is refused: {fields:?}");
             }
+            let asked = ["sms", "email"]
+                .iter()
+                .filter(|c| body["notify"][**c] == true)
+                .count();
+            assert_eq!(sample.confirmations, asked, "{body}");
         }
     }
 
