@@ -370,7 +370,7 @@ async fn commit(
     let (mut writes, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|j| (j.write, j.reply)).unzip();
     let mut reserved: Vec<Vec<Reserved>> = match handover {
-        Some(handover) => handover.lease(store.as_ref(), &mut writes),
+        Some(handover) => handover.lease(&mut writes),
         None => Vec::new(),
     };
     reserved.resize_with(size, Vec::new);

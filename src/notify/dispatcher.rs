@@ -112,22 +112,23 @@ pub struct Dispatcher {
     clock: Clock,
     email_limit: Option<DefaultDirectRateLimiter>,
     sms_limit: Option<DefaultDirectRateLimiter>,
-    /// Most messages claimed at once, held in a lane's queue, and sent at once, per channel:
-    /// under a rate limit, what the limit lets out in a quarter of a lease (see [`lane_size`]).
-    email_lane: usize,
-    sms_lane: usize,
     /// Woken when this process commits messages; each lane polls as well.
     due: Wakeup,
     /// Each channel's queue of claimed messages: the claimer and intake's [`Handover`] fill it,
-    /// the lane's senders take from it (the receiver, until [`Dispatcher::run`] takes it).
+    /// the lane's senders take from it.
     email_queue: LaneQueue,
     sms_queue: LaneQueue,
-    /// Set while the lanes run: only then does the [`Handover`] lease messages to them.
+    /// Set once the lanes run: only then does the [`Handover`] lease messages to them. When they
+    /// stop, their queues close and take nothing more.
     open: Arc<AtomicBool>,
 }
 
 struct LaneQueue {
+    /// Most messages claimed at once, held in the queue, and sent at once: under a rate limit,
+    /// what the limit lets out in a quarter of a lease (see [`lane_size`]).
+    size: usize,
     sender: mpsc::Sender<Claimed>,
+    /// Until [`Dispatcher::run`] takes it.
     receiver: Mutex<Option<mpsc::Receiver<Claimed>>>,
 }
 
@@ -135,6 +136,7 @@ impl LaneQueue {
     fn new(size: usize) -> Self {
         let (sender, receiver) = mpsc::channel(size.max(1));
         Self {
+            size,
             sender,
             receiver: Mutex::new(Some(receiver)),
         }
@@ -177,13 +179,10 @@ impl Dispatcher {
             Ok(quota.map(RateLimiter::direct))
         };
         let lease = config.dispatcher.lease();
-        let email_lane = lane_size(&config.dispatcher, config.rate_limits.email, lease);
-        let sms_lane = lane_size(&config.dispatcher, config.rate_limits.sms, lease);
+        let queue = |limit| LaneQueue::new(lane_size(&config.dispatcher, limit, lease));
         Ok(Self {
-            email_lane,
-            sms_lane,
-            email_queue: LaneQueue::new(email_lane),
-            sms_queue: LaneQueue::new(sms_lane),
+            email_queue: queue(config.rate_limits.email),
+            sms_queue: queue(config.rate_limits.sms),
             open: Arc::new(AtomicBool::new(false)),
             renderer,
             email: EmailTransport::from_config(&config.email)?,
@@ -217,6 +216,7 @@ impl Dispatcher {
     /// runs.
     pub fn handover(&self) -> Handover {
         Handover::new(
+            Arc::clone(&self.store),
             Arc::from(self.owner.as_str()),
             self.config.lease(),
             self.clock.clone(),
@@ -273,16 +273,11 @@ impl Dispatcher {
             })
             .collect();
         drop(outcomes);
+        // On shutdown each lane closes its queue itself (see `lane`).
         self.open.store(true, Ordering::Release);
-        let closing = async {
-            shutdown.cancelled().await;
-            self.open.store(false, Ordering::Release);
-        };
-        tokio::join!(closing, async {
-            for lane in lanes {
-                drop(lane.await);
-            }
-        });
+        for lane in lanes {
+            drop(lane.await);
+        }
         // Every lane has stopped, so the recorder drains what is left and ends.
         drop(recorder.await);
         match self.store.release_all(&self.owner, self.clock.now()).await {
@@ -297,14 +292,6 @@ impl Dispatcher {
         drop(stats.await);
     }
 
-    /// How many of `channel`'s messages are claimed, queued and sent at once.
-    fn lane_size(&self, channel: MessageChannel) -> usize {
-        match channel {
-            MessageChannel::Email => self.email_lane,
-            MessageChannel::Sms => self.sms_lane,
-        }
-    }
-
     /// Claim a batch of one channel's due messages, leased from now.
     async fn claim(&self, channel: MessageChannel) -> StoreResult<(Vec<OutboxMessage>, Timestamp)> {
         let now = self.clock.now();
@@ -316,7 +303,7 @@ impl Dispatcher {
                 channel,
                 now,
                 lease_until,
-                u32::try_from(self.lane_size(channel)).unwrap_or(u32::MAX),
+                u32::try_from(self.queue(channel).size).unwrap_or(u32::MAX),
             )
             .await?;
         Ok((claimed, lease_until))
@@ -331,10 +318,10 @@ impl Dispatcher {
     ) {
         // Claimed messages waiting for a send slot: one batch, so the next claim is ready when
         // the sends need it and little waits out its lease in memory.
-        let size = self.lane_size(channel);
-        let queue = self.queue(channel).sender.clone();
-        let taken = self
-            .queue(channel)
+        let lane = self.queue(channel);
+        let size = lane.size;
+        let queue = lane.sender.clone();
+        let taken = lane
             .receiver
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::incident::Clock;
 use crate::store::{
-    Lease, MessageChannel, NewMessage, OutboxMessage, OutboxStore, ReportWrite, Timestamp,
+    DynStore, Lease, MessageChannel, NewMessage, OutboxMessage, ReportWrite, Timestamp,
 };
 
 /// A claimed message and the end of its lease, as a lane queues it.
@@ -29,12 +29,13 @@ pub(super) type Claimed = (OutboxMessage, Timestamp);
 /// Intake's end of the dispatcher's lanes. Cheap to clone.
 #[derive(Clone)]
 pub struct Handover {
+    store: DynStore,
     owner: Arc<str>,
     lease: Duration,
     clock: Clock,
     email: mpsc::Sender<Claimed>,
     sms: mpsc::Sender<Claimed>,
-    /// Whether the lanes are running and take messages.
+    /// Whether the lanes have started (once they stop, their queues are closed).
     open: Arc<AtomicBool>,
 }
 
@@ -43,6 +44,7 @@ pub struct Reserved(mpsc::OwnedPermit<Claimed>);
 
 impl Handover {
     pub(super) fn new(
+        store: DynStore,
         owner: Arc<str>,
         lease: Duration,
         clock: Clock,
@@ -51,6 +53,7 @@ impl Handover {
     ) -> Self {
         let (email, sms) = lanes;
         Self {
+            store,
             owner,
             lease,
             clock,
@@ -61,10 +64,10 @@ impl Handover {
     }
 
     /// Lease to this dispatcher every message of `writes` whose lane has room now, all until
-    /// one lease end from `store`. The room reserved for each write, in the order of its leased
-    /// messages; empty lists where nothing was leased (or all of them, when the lanes are not
-    /// running).
-    pub fn lease(&self, store: &dyn OutboxStore, writes: &mut [ReportWrite]) -> Vec<Vec<Reserved>> {
+    /// one lease end from the store. The room reserved for each write, in the order of its
+    /// leased messages; empty lists where nothing was leased (or all of them, when the lanes are
+    /// not running).
+    pub fn lease(&self, writes: &mut [ReportWrite]) -> Vec<Vec<Reserved>> {
         let mut reserved: Vec<Vec<Reserved>> = writes.iter().map(|_| Vec::new()).collect();
         if !self.open.load(Ordering::Acquire) {
             return reserved;
@@ -81,7 +84,7 @@ impl Handover {
                 };
                 let lease = lease.get_or_insert_with(|| Lease {
                     owner: Arc::clone(&self.owner),
-                    until: store.lease_end(self.clock.now() + self.lease),
+                    until: self.store.lease_end(self.clock.now() + self.lease),
                 });
                 message.lease = Some(lease.clone());
                 room.push(Reserved(permit));

@@ -31,6 +31,15 @@ pub struct NewMessage {
     pub lease: Option<Lease>,
 }
 
+/// The columns a claim sets, as a new row starts them (times in milliseconds).
+pub(super) struct ClaimColumns<'a> {
+    pub state: &'static str,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub lease_owner: Option<&'a str>,
+    pub lease_until: Option<i64>,
+}
+
 /// A claim made as a message is written: `owner` holds it until `until`, the first attempt
 /// counted, exactly as if a claim had taken it at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +50,25 @@ pub struct Lease {
 }
 
 impl NewMessage {
-    /// What the row's claim columns start as: `(state, attempts, next_attempt_at, lease_owner,
-    /// lease_until)` in milliseconds.
-    pub(super) fn claim_columns(&self) -> (&'static str, i32, i64, Option<&str>, Option<i64>) {
+    /// What the row's claim columns start as.
+    pub(super) fn claim_columns(&self) -> ClaimColumns<'_> {
         match &self.lease {
-            None => ("pending", 0, super::to_millis(self.not_before), None, None),
+            None => ClaimColumns {
+                state: "pending",
+                attempts: 0,
+                next_attempt_at: super::to_millis(self.not_before),
+                lease_owner: None,
+                lease_until: None,
+            },
             Some(lease) => {
                 let until = super::to_millis(lease.until);
-                ("sending", 1, until, Some(&lease.owner), Some(until))
+                ClaimColumns {
+                    state: "sending",
+                    attempts: 1,
+                    next_attempt_at: until,
+                    lease_owner: Some(&lease.owner),
+                    lease_until: Some(until),
+                }
             }
         }
     }
@@ -122,9 +142,7 @@ pub trait OutboxStore {
 
     /// A lease end for messages written already leased ([`NewMessage::lease`]): `wanted`, or a
     /// little later where the backend needs every claim's lease to end at its own instant.
-    fn lease_end(&self, wanted: Timestamp) -> Timestamp {
-        wanted
-    }
+    fn lease_end(&self, wanted: Timestamp) -> Timestamp;
 
     /// Record what happened to claimed messages, in one transaction. Each answer is `false`
     /// when `owner` no longer held that message (its lease lapsed and another dispatcher took
@@ -523,7 +541,7 @@ macro_rules! impl_outbox_store {
                 use $crate::store::outbox::sql;
                 let mut tx = self.$write.begin().await.map_err(Self::error)?;
                 for m in messages {
-                    let (state, attempts, next_at, owner, until) = m.claim_columns();
+                    let claim = m.claim_columns();
                     sqlx::query(sql::INSERT_ONE)
                         .bind(m.id)
                         .bind(m.channel.as_ref())
@@ -534,11 +552,11 @@ macro_rules! impl_outbox_store {
                         .bind(m.source_kind.as_str())
                         .bind(m.source_id)
                         .bind($crate::store::to_millis(m.not_before))
-                        .bind(state)
-                        .bind(attempts)
-                        .bind(next_at)
-                        .bind(owner)
-                        .bind(until)
+                        .bind(claim.state)
+                        .bind(claim.attempts)
+                        .bind(claim.next_attempt_at)
+                        .bind(claim.lease_owner)
+                        .bind(claim.lease_until)
                         .execute(&mut *tx)
                         .await
                         .map_err(Self::error)?;

@@ -198,11 +198,11 @@ impl ReportStore for PgStore {
                         .map(|m| to_millis(m.not_before))
                         .collect::<Vec<_>>(),
                 )
-                .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
-                .bind(claims.iter().map(|c| c.1).collect::<Vec<_>>())
-                .bind(claims.iter().map(|c| c.2).collect::<Vec<_>>())
-                .bind(claims.iter().map(|c| c.3).collect::<Vec<_>>())
-                .bind(claims.iter().map(|c| c.4).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.state).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.attempts).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.next_attempt_at).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.lease_owner).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.lease_until).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
                 .map_err(Self::error)?;

@@ -84,7 +84,7 @@ impl ReportStore for SqliteStore {
             q.push(format_args!("INSERT INTO outbox ({OUTBOX_COLUMNS}) "));
             q.push_values(chunk, |mut row, m| {
                 let due = to_millis(m.not_before);
-                let (state, attempts, next_at, owner, until) = m.claim_columns();
+                let claim = m.claim_columns();
                 row.push_bind(m.id)
                     .push_bind(m.channel.as_ref())
                     .push_bind(m.template.as_str())
@@ -95,11 +95,11 @@ impl ReportStore for SqliteStore {
                     .push_bind(m.source_id)
                     .push_bind(due)
                     .push_bind(due)
-                    .push_bind(state)
-                    .push_bind(attempts)
-                    .push_bind(next_at)
-                    .push_bind(owner)
-                    .push_bind(until);
+                    .push_bind(claim.state)
+                    .push_bind(claim.attempts)
+                    .push_bind(claim.next_attempt_at)
+                    .push_bind(claim.lease_owner)
+                    .push_bind(claim.lease_until);
             });
             q.push("; ");
         }
