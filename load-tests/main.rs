@@ -1,5 +1,5 @@
 //! Reliefline benchmarks:
-//! `load-tests/run.sh [surge|status|fanout|all] [--postgres] [--duration SECS] [--subscribers N]`.
+//! `load-tests/run.sh [surge|status|lookup|fanout|all] [--postgres] [--duration SECS] [--subscribers N]`.
 //!
 //! Each scenario starts the release service on a fresh database and free loopback ports, drives
 //! it, stops it with SIGTERM, checks that every acknowledged report is in the store, and prints
@@ -13,6 +13,7 @@ mod baseline;
 mod ceiling;
 mod client;
 mod fanout;
+mod lookup;
 mod lost;
 mod reports;
 mod service;
@@ -50,6 +51,8 @@ enum Command {
     Surge(Common),
     /// Status page: many readers while reports come in; cache hits and store queries.
     Status(StatusArgs),
+    /// Lookup timing: an unknown receipt against a wrong contact.
+    Lookup(Common),
     /// Fan-out of one incident update to many subscribers by e-mail and SMS.
     Fanout(fanout::FanoutArgs),
     /// Every scenario, sharing one baseline measurement.
@@ -170,6 +173,10 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             machine_banner(&args.common);
             status(&args).await
         }
+        Command::Lookup(common) => {
+            machine_banner(&common);
+            lookup::lookup(&common).await
+        }
         Command::All(AllArgs {
             status: args,
             fanout,
@@ -178,8 +185,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             let base = measure_baseline(&args.common).await?;
             let surge_ok = surge(&args.common, &base).await?;
             let status_ok = status(&args).await?;
+            let lookup_ok = lookup::lookup(&args.common).await?;
             let fanout_ok = fanout::fanout(&args.common, &fanout).await?;
-            Ok(surge_ok && status_ok && fanout_ok)
+            Ok(surge_ok && status_ok && lookup_ok && fanout_ok)
         }
     }
 }

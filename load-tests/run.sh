@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reliefline benchmarks, one command each:
 #
-#   load-tests/run.sh [surge|status|fanout|all] [--postgres] [--duration SECS] [--subscribers N] [more]
+#   load-tests/run.sh [surge|status|lookup|fanout|all] [--postgres] [--duration SECS] [--subscribers N] [more]
 #
 # Builds the release service and the load generator, then runs the scenario: the generator
 # starts `target/release/reliefline serve` itself (a temp data dir, free loopback ports, env
@@ -17,9 +17,9 @@ if [[ $# -gt 0 && $1 != -* ]]; then
     shift
 fi
 case $scenario in
-    surge | status | fanout | all) ;;
+    surge | status | lookup | fanout | all) ;;
     *)
-        echo "usage: $0 [surge|status|fanout|all] [--postgres] [--duration SECS] [--subscribers N]" >&2
+        echo "usage: $0 [surge|status|lookup|fanout|all] [--postgres] [--duration SECS] [--subscribers N]" >&2
         exit 2
         ;;
 esac

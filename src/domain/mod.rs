@@ -5,6 +5,9 @@ mod email;
 mod phone;
 mod receipt;
 
+#[cfg(test)]
+mod properties;
+
 pub use email::{EmailAddress, InvalidEmail};
 pub use phone::{InvalidPhone, PhoneNumber};
 pub use receipt::Receipt;

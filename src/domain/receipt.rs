@@ -62,9 +62,8 @@ impl Receipt {
     pub fn parse(input: &str) -> Result<Self, InvalidReceipt> {
         let mut symbols = Vec::with_capacity(SYMBOLS + PREFIX.len());
         for c in input.chars() {
-            match c {
-                '-' | ' ' | '\u{2010}'..='\u{2015}' | '\u{3000}' => {}
-                c => symbols.push(decode_symbol(c).ok_or(InvalidReceipt)?),
+            if !is_separator(c) {
+                symbols.push(decode_symbol(c).ok_or(InvalidReceipt)?);
             }
         }
         if symbols.len() == SYMBOLS + PREFIX.len() {
@@ -92,6 +91,16 @@ impl Receipt {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Spaces and dashes between groups, as typed in ASCII or full width (a receipt typed on a
+/// Korean keyboard in full-width mode arrives as `ＨＲ－０８ＪＸ－…`).
+fn is_separator(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '-' | '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE63}' | '\u{FF0D}'
+        )
 }
 
 /// Map one typed character to its canonical Crockford symbol.
@@ -183,7 +192,9 @@ mod tests {
             "HR7K3MQ9XD2PZA8WNE",
             "7K3M-Q9XD-2PZA-8WNE",
             "7k3m q9xd 2pza 8wne",
-            "ＨＲ－７Ｋ３Ｍ-Q9XD-2PZA-8WNE".replace('－', "-").as_str(),
+            "ＨＲ－７Ｋ３Ｍ-Q9XD-2PZA-8WNE",
+            "ＨＲ－７Ｋ３Ｍ－Ｑ９ＸＤ－２ＰＺＡ－８ＷＮＥ",
+            "7K3M\u{2212}Q9XD\u{3000}2PZA 8WNE",
         ] {
             assert_eq!(Receipt::parse(typed).unwrap(), canonical, "{typed}");
         }

@@ -1,6 +1,7 @@
 //! The HTTP surface: each area owns a `router()`; this module merges them and adds the layers
 //! every request passes through.
 
+pub mod body;
 pub mod client_ip;
 pub mod error;
 pub mod json;
@@ -57,10 +58,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(set_if_missing(header::X_FRAME_OPTIONS, "DENY"))
                 .layer(set_if_missing(header::CONTENT_SECURITY_POLICY, CSP))
                 .layer(CatchPanicLayer::custom(panic_response))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    request_timeout,
-                ))
+                .layer(middleware::from_fn_with_state(state.clone(), run_request))
                 .layer(json::limit(state.config.http.max_body_bytes)),
         )
         .with_state(state)
@@ -70,9 +68,17 @@ fn set_if_missing(name: HeaderName, value: &'static str) -> SetResponseHeaderLay
     SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }
 
-/// A request that is still running after `http.request_timeout_ms` gets 503 + `Retry-After`.
-async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.config.http.request_timeout(), next.run(request)).await {
+/// Every request: a body its handler left unread is read before the answer goes out (see
+/// [`body`]), and a request still running after `http.request_timeout_ms` gets 503 +
+/// `Retry-After`.
+async fn run_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (request, unread) = body::track(request);
+    let answer = async {
+        let mut response = next.run(request).await;
+        body::finish(unread, &mut response).await;
+        response
+    };
+    match tokio::time::timeout(state.config.http.request_timeout(), answer).await {
         Ok(response) => response,
         Err(_) => ApiError::Overloaded {
             retry_after: TIMEOUT_RETRY_AFTER,

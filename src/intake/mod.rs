@@ -10,6 +10,9 @@ pub(crate) mod lookup;
 pub mod request;
 pub mod schema;
 
+#[cfg(test)]
+mod properties;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -300,7 +303,8 @@ pub(crate) async fn submit_report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // Refuse before reading the body: a refusal must stay cheap under a flood.
+    // Refuse before parsing the body (the request layer reads and drops it after the answer):
+    // a refusal must stay cheap under a flood.
     state
         .limiters
         .check_report_ip(&client)

@@ -22,7 +22,7 @@ const MAX_PROVIDER: usize = 100;
 const CLOCK_SKEW: Duration = Duration::minutes(5);
 
 /// The fields a report may carry, per object; anything else is refused.
-pub(crate) const REPORT_FIELDS: &[&str] = &[
+pub const REPORT_FIELDS: &[&str] = &[
     "incident_id",
     "provider",
     "service",
@@ -36,9 +36,22 @@ pub(crate) const REPORT_FIELDS: &[&str] = &[
     "notify",
     "consent",
 ];
-pub(crate) const REPORTER_FIELDS: &[&str] = &["name", "phone", "email"];
-pub(crate) const NOTIFY_FIELDS: &[&str] = &["sms", "email"];
-pub(crate) const CONSENT_FIELDS: &[&str] = &["personal_info"];
+pub const REPORTER_FIELDS: &[&str] = &["name", "phone", "email"];
+pub const NOTIFY_FIELDS: &[&str] = &["sms", "email"];
+pub const CONSENT_FIELDS: &[&str] = &["personal_info"];
+
+/// Every JSON path a report may carry (`provider`, `reporter.phone`, …), as a `422` names them.
+pub fn field_paths() -> impl Iterator<Item = String> {
+    let nested = |object: &'static str, fields: &'static [&'static str]| {
+        fields.iter().map(move |f| format!("{object}.{f}"))
+    };
+    REPORT_FIELDS
+        .iter()
+        .map(|f| (*f).to_owned())
+        .chain(nested("reporter", REPORTER_FIELDS))
+        .chain(nested("notify", NOTIFY_FIELDS))
+        .chain(nested("consent", CONSENT_FIELDS))
+}
 
 /// JSON path → what is wrong with it.
 pub type FieldErrors = BTreeMap<String, String>;
@@ -360,13 +373,14 @@ impl<'a> Fields<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use chrono::TimeZone as _;
     use serde_json::json;
 
     use super::*;
 
-    fn now() -> DateTime<Utc> {
+    /// The instant the tests validate at.
+    pub(in crate::intake) fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2022, 10, 16, 0, 0, 0).unwrap()
     }
 

@@ -16,9 +16,9 @@
 //! sources rather than growing memory. The global admission limit applies either way.
 //!
 //! Suggested use in a handler: keyed limits first (they turn away one abusive source without
-//! spending global capacity), then admission. A keyed refusal is a 429 `rate_limited`; an
-//! admission refusal means the service as a whole is at capacity, a 503 `overloaded`. Both carry
-//! the returned wait as `Retry-After`.
+//! spending global capacity), then admission. Every refusal here is a 429 `rate_limited` with
+//! the returned wait as `Retry-After`; a 503 `overloaded` is the intake queue's own refusal,
+//! when the store cannot commit in time what was admitted.
 //!
 //! Metrics: `reliefline_rate_limited_total{limiter}` on every refusal and
 //! `reliefline_rate_limiter_keys{limiter}` after every prune. Keys themselves (addresses,

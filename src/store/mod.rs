@@ -34,8 +34,8 @@ pub use outbox::{
 };
 pub use postgres::PgStore;
 pub use reports::{
-    HistoryEntry, IdempotencyRecord, IdempotentReport, NewReport, ReportStore, ReportWrite,
-    StatusChange, StatusNotice, StatusOutcome, StoredReport,
+    ContactHashes, HistoryEntry, IdempotencyRecord, IdempotentReport, NewReport, ReportStore,
+    ReportWrite, StatusChange, StatusNotice, StatusOutcome, StoredReport,
 };
 pub use sqlite::SqliteStore;
 pub use subscriptions::{

@@ -18,6 +18,11 @@ pub trait ReportStore {
     /// The report with this receipt, with its public history.
     async fn find_report(&self, receipt: &Receipt) -> StoreResult<Option<StoredReport>>;
 
+    /// The keyed hashes of the contacts given with this receipt's report, read by one query
+    /// that returns one row whether or not the report exists: what a lookup checks before it
+    /// reads the report, so an unknown receipt and a wrong contact cost the same.
+    async fn contact_hashes(&self, receipt: &Receipt) -> StoreResult<ContactHashes>;
+
     /// The report first submitted with this `Idempotency-Key`.
     async fn find_idempotent(&self, key: &str) -> StoreResult<Option<IdempotentReport>>;
 
@@ -124,6 +129,13 @@ impl ReportWrite {
     }
 }
 
+/// The keyed hashes of a report's contacts; both `None` when there is no such report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactHashes {
+    pub phone: Option<[u8; 32]>,
+    pub email: Option<[u8; 32]>,
+}
+
 /// What the status lookup needs to know about a report.
 #[derive(Debug, Clone)]
 pub struct StoredReport {
@@ -163,6 +175,10 @@ pub(super) mod sql {
          e.at AS event_at, e.note AS event_note \
          FROM reports r LEFT JOIN report_events e ON e.report_id = r.id AND e.public \
          WHERE r.receipt = $1 ORDER BY e.at, e.id";
+
+    /// One row for any receipt: the report's contact hashes, or NULLs when there is none.
+    pub const CONTACT_HASHES: &str = "SELECT r.phone_hmac, r.email_hmac \
+         FROM (SELECT 1) AS one LEFT JOIN reports r ON r.receipt = $1";
 
     pub const FIND_IDEMPOTENT: &str = "SELECT receipt, request_hash, incident_id, received_at \
          FROM reports WHERE idempotency_key = $1";
@@ -294,6 +310,22 @@ pub(super) struct ReportRow {
     event_status: Option<String>,
     event_at: Option<i64>,
     event_note: Option<String>,
+}
+
+/// The one row of [`sql::CONTACT_HASHES`].
+#[derive(sqlx::FromRow)]
+pub(super) struct ContactHashRow {
+    phone_hmac: Option<Vec<u8>>,
+    email_hmac: Option<Vec<u8>>,
+}
+
+impl From<ContactHashRow> for ContactHashes {
+    fn from(row: ContactHashRow) -> Self {
+        Self {
+            phone: hash_from_bytes(row.phone_hmac),
+            email: hash_from_bytes(row.email_hmac),
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]

@@ -142,7 +142,8 @@ pub(crate) async fn subscribe(
     Client(client): Client,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // Refuse before reading the body: a refusal must stay cheap under a flood.
+    // Refuse before parsing the body (the request layer reads and drops it after the answer):
+    // a refusal must stay cheap under a flood.
     state.limiters.check_subscribe_ip(&client)?;
     let JsonBody(body) = JsonBody::<SubscribeBody>::from_request(request, &state).await?;
     let valid = body.validate().map_err(ApiError::Validation)?;

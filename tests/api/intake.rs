@@ -187,6 +187,11 @@ async fn client_mistakes_get_the_contract_codes_and_store_nothing(backend: Backe
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // The rest of that body is never read, so the answer ends the connection and says so.
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
 
     // 422: each bad field named by its JSON path.
     let r = app
@@ -265,6 +270,77 @@ async fn client_mistakes_get_the_contract_codes_and_store_nothing(backend: Backe
         "{metrics}"
     );
     assert_eq!(count_reports(&app).await, 0);
+    app.stop().await;
+}
+
+/// One HTTP/1.1 answer read from `stream`: its status and body (bodies here are sized by
+/// `content-length`).
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let status = text[9..12].parse().unwrap();
+                return (status, text[end + 4..].to_owned());
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "the connection closed after {text:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An answer given before the body was read (a wrong content type, a missing token) still
+/// leaves the connection open for the client's next request, even when the body was still
+/// arriving when the head was judged.
+async fn a_refused_request_leaves_its_connection_usable(backend: Backend) {
+    use tokio::io::AsyncWriteExt as _;
+    let Some(app) = TestApp::spawn(backend).await else {
+        return;
+    };
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let body = format!("{{\"text\": \"{}\"}}", "a".repeat(60_000));
+    for (path, content_type, refused) in [
+        ("/api/v1/reports", "text/plain", 415),
+        ("/api/v1/incidents", "application/json", 401),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body.as_bytes()[..20_000]).await.unwrap();
+        // The rest follows a little later, as over a slow network.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.write_all(&body.as_bytes()[20_000..]).await.unwrap();
+        let (status, answer) = read_answer(&mut stream).await;
+        assert_eq!(status, refused, "{path}: {answer}");
+    }
+
+    let report = sample_report().to_string();
+    let next = format!(
+        "POST /api/v1/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{report}",
+        report.len()
+    );
+    stream.write_all(next.as_bytes()).await.unwrap();
+    let (status, answer) = read_answer(&mut stream).await;
+    assert_eq!(status, 201, "{answer}");
     app.stop().await;
 }
 
@@ -758,6 +834,7 @@ on_both_backends!(
     a_valid_report_gets_a_receipt_only_once_stored,
     every_accepted_phone_form_is_taken_and_found_again,
     client_mistakes_get_the_contract_codes_and_store_nothing,
+    a_refused_request_leaves_its_connection_usable,
     idempotent_replays_survive_a_restart,
     concurrent_retries_with_one_key_store_one_report,
     lookup_shows_status_and_cannot_tell_unknown_from_wrong,

@@ -13,6 +13,7 @@ mod helpers;
 mod browser;
 mod cases;
 mod cli;
+mod fuzz;
 mod incidents;
 mod intake;
 mod journeys;

@@ -4,8 +4,8 @@ use chrono::{TimeZone as _, Utc};
 use reliefline::crypto::Keys;
 use reliefline::domain::{Channel, HarmType, Receipt, ReportStatus, ReporterType};
 use reliefline::store::{
-    self, AuditEntry, Conflict, DynStore, IdempotencyRecord, Lease, MessageChannel, MessageState,
-    NewMessage, NewReport, Outcome, ReportWrite, StoreError,
+    self, AuditEntry, Conflict, ContactHashes, DynStore, IdempotencyRecord, Lease, MessageChannel,
+    MessageState, NewMessage, NewReport, Outcome, ReportWrite, StoreError,
 };
 use uuid::Uuid;
 
@@ -101,13 +101,16 @@ async fn a_batch_commits_reports_with_history(backend: Backend) {
         );
         assert_eq!(found.history.len(), 1);
         assert_eq!(found.history[0].status, ReportStatus::Received);
+        // What a lookup checks first: the contact hashes alone.
+        let hashes = store.contact_hashes(&w.report.receipt).await.unwrap();
+        assert_eq!(hashes.phone, found.phone_hmac);
+        assert_eq!(hashes.email, None);
     }
-    assert!(
-        store
-            .find_report(&Receipt::generate())
-            .await
-            .unwrap()
-            .is_none()
+    let unknown = Receipt::generate();
+    assert!(store.find_report(&unknown).await.unwrap().is_none());
+    assert_eq!(
+        store.contact_hashes(&unknown).await.unwrap(),
+        ContactHashes::default()
     );
 }
 

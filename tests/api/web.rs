@@ -38,7 +38,7 @@ pub(crate) async fn spawn(
 }
 
 /// A browser-like client: keeps cookies, does not follow redirects.
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -115,7 +115,7 @@ fn checked(html: &str, id: &str) -> bool {
 }
 
 /// The form fields a person would fill in, as the browser sends them.
-fn filled_form(csrf: &str, idem: &str, incident: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn filled_form(csrf: &str, idem: &str, incident: &str) -> Vec<(&'static str, String)> {
     vec![
         ("csrf", csrf.to_owned()),
         ("idem", idem.to_owned()),
@@ -199,7 +199,7 @@ async fn post_report(
 }
 
 /// Open the report form with `client`; its CSRF token and idempotency key.
-async fn open_form(
+pub(crate) async fn open_form(
     app: &TestApp,
     client: &reqwest::Client,
     path: &str,
@@ -212,7 +212,7 @@ async fn open_form(
     (csrf, idem, html)
 }
 
-fn receipt_of(html: &str) -> String {
+pub(crate) fn receipt_of(html: &str) -> String {
     let at = html.find("id=\"receipt\">").expect("receipt on the page") + "id=\"receipt\">".len();
     let len = html[at..].find('<').unwrap();
     html[at..at + len].trim().to_owned()

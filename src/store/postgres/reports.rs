@@ -7,10 +7,10 @@ use uuid::Uuid;
 use super::PgStore;
 use crate::domain::{Receipt, ReportStatus};
 use crate::store::reports::sql;
-use crate::store::reports::{IdempotentRow, ReportRow, report_from_rows};
+use crate::store::reports::{ContactHashRow, IdempotentRow, ReportRow, report_from_rows};
 use crate::store::{
-    AuditEntry, IdempotentReport, ReportStore, ReportWrite, StatusChange, StatusOutcome,
-    StoreResult, StoredReport, to_millis,
+    AuditEntry, ContactHashes, IdempotentReport, ReportStore, ReportWrite, StatusChange,
+    StatusOutcome, StoreResult, StoredReport, to_millis,
 };
 
 const INSERT_REPORTS: &str = "INSERT INTO reports (id, receipt, incident_id, channel, provider, \
@@ -218,6 +218,15 @@ impl ReportStore for PgStore {
             .await
             .map_err(Self::error)?;
         report_from_rows(rows)
+    }
+
+    async fn contact_hashes(&self, receipt: &Receipt) -> StoreResult<ContactHashes> {
+        sqlx::query_as::<_, ContactHashRow>(sql::CONTACT_HASHES)
+            .bind(receipt.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map(ContactHashes::from)
+            .map_err(Self::error)
     }
 
     async fn find_idempotent(&self, key: &str) -> StoreResult<Option<IdempotentReport>> {

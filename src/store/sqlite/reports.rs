@@ -7,10 +7,10 @@ use super::SqliteStore;
 use crate::domain::{Receipt, ReportStatus};
 use crate::store::outbox::sql::OUTBOX_COLUMNS;
 use crate::store::reports::sql;
-use crate::store::reports::{IdempotentRow, ReportRow, report_from_rows};
+use crate::store::reports::{ContactHashRow, IdempotentRow, ReportRow, report_from_rows};
 use crate::store::{
-    AuditEntry, IdempotentReport, ReportStore, ReportWrite, StatusChange, StatusOutcome,
-    StoreResult, StoredReport, to_millis,
+    AuditEntry, ContactHashes, IdempotentReport, ReportStore, ReportWrite, StatusChange,
+    StatusOutcome, StoreResult, StoredReport, to_millis,
 };
 
 /// SQLite allows 32,766 bound parameters per statement; stay well below it.
@@ -119,6 +119,15 @@ impl ReportStore for SqliteStore {
             .await
             .map_err(Self::error)?;
         report_from_rows(rows)
+    }
+
+    async fn contact_hashes(&self, receipt: &Receipt) -> StoreResult<ContactHashes> {
+        sqlx::query_as::<_, ContactHashRow>(sql::CONTACT_HASHES)
+            .bind(receipt.as_str())
+            .fetch_one(&self.reader)
+            .await
+            .map(ContactHashes::from)
+            .map_err(Self::error)
     }
 
     async fn find_idempotent(&self, key: &str) -> StoreResult<Option<IdempotentReport>> {
