@@ -85,7 +85,10 @@ if mode != "plain":
         options = {"tls_context": context, "require_starttls": True}
     else:
         options = {"ssl_context": context}
-controller = Controller(Recorder(sys.argv[2]), hostname="127.0.0.1", port=int(sys.argv[1]), **options)
+# A loaded test machine can take longer than the default five seconds to answer the
+# controller's own readiness probe.
+controller = Controller(Recorder(sys.argv[2]), hostname="127.0.0.1", port=int(sys.argv[1]),
+                        ready_timeout=60, **options)
 controller.start()
 print("ready", flush=True)
 threading.Event().wait()
@@ -115,29 +118,47 @@ impl SmtpServer {
         Self::launch(mode, true).await
     }
 
+    /// Starts the server, trying a fresh port when a start fails: the port is chosen before
+    /// the server binds it, so another test may take it in between.
     async fn launch(mode: SmtpMode, pipelining: bool) -> Self {
-        use std::io::BufRead as _;
-        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         if mode != SmtpMode::Plain {
             make_certificates(dir.path());
         }
+        let mut failures = Vec::new();
+        for _ in 0..4 {
+            match Self::try_launch(dir.path(), mode, pipelining).await {
+                Ok((port, child)) => return Self { port, dir, child },
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("aiosmtpd did not start: {failures:#?}");
+    }
+
+    async fn try_launch(
+        dir: &Path,
+        mode: SmtpMode,
+        pipelining: bool,
+    ) -> Result<(u16, Child), String> {
+        use std::io::BufRead as _;
+        let port = free_port();
         let mode_arg = match mode {
             SmtpMode::Plain => "plain",
             SmtpMode::Starttls => "starttls",
             SmtpMode::Tls => "tls",
         };
+        // Refused TLS handshakes are part of the tests: their tracebacks go to a file, read
+        // only when the server fails to start.
+        let log = dir.join("server.log");
         let mut child = Command::new("python3")
             .args(["-c", SMTP_SCRIPT, &port.to_string()])
-            .arg(dir.path())
+            .arg(dir)
             .arg(mode_arg)
-            .arg(&cert)
-            .arg(&key)
+            .arg(dir.join("cert.pem"))
+            .arg(dir.join("key.pem"))
             .arg(if pipelining { "pipelining" } else { "serial" })
             .stdout(Stdio::piped())
-            // Refused TLS handshakes are part of the tests; keep their tracebacks out.
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("python3 with aiosmtpd (pip install aiosmtpd)");
         let stdout = child.stdout.take().unwrap();
@@ -147,12 +168,15 @@ impl SmtpServer {
                 .map_while(Result::ok)
                 .any(|l| l == "ready")
         });
-        let ready = tokio::time::timeout(Duration::from_secs(30), ready)
-            .await
-            .expect("aiosmtpd started in time")
-            .unwrap();
-        assert!(ready, "aiosmtpd did not start");
-        Self { port, dir, child }
+        match tokio::time::timeout(Duration::from_secs(90), ready).await {
+            Ok(Ok(true)) => Ok((port, child)),
+            outcome => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                Err(format!("port {port}: {outcome:?}\n{stderr}"))
+            }
+        }
     }
 
     /// The messages received so far, oldest first.
