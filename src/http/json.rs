@@ -7,11 +7,12 @@
 //! rejected by giving the target type `#[serde(deny_unknown_fields)]`; they are reported at their
 //! own path (`title.jp`).
 
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, OptionalFromRequest, Request};
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::ApiError;
 
@@ -41,9 +42,9 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
         require_json_content_type(request.headers())?;
-        let bytes = read_body(request, state).await?;
+        let bytes = read_body(request).await?;
         parse(&bytes).map(Self)
     }
 }
@@ -56,12 +57,12 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, ApiError> {
+    async fn from_request(request: Request, _state: &S) -> Result<Option<Self>, ApiError> {
         let has_content_type = request.headers().contains_key(header::CONTENT_TYPE);
         if has_content_type {
             require_json_content_type(request.headers())?;
         }
-        let bytes = read_body(request, state).await?;
+        let bytes = read_body(request).await?;
         if !has_content_type && bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
@@ -73,22 +74,55 @@ where
 }
 
 /// Read the whole body within the route's limit.
-pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+pub async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     let limit = request
         .extensions()
         .get::<BodyLimit>()
         .map_or(AXUM_DEFAULT_LIMIT, |l| l.0);
-    Bytes::from_request(request, state)
+    let (parts, body) = request.into_parts();
+    read_limited(&parts.headers, body, limit).await
+}
+
+/// Read a whole body of at most `limit` bytes: `413` when it declares or turns out to be
+/// longer (a declared length is refused before anything is read), `400 incomplete_body` when
+/// it breaks off.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|rejection| match rejection {
-            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                ApiError::PayloadTooLarge { limit }
-            }
-            other => ApiError::BadRequest {
-                code: "unreadable_body",
-                message: format!("the request body could not be read: {}", other.body_text()),
-            },
-        })
+        .map_err(|e| body_error(&e, limit))
+}
+
+/// A JSON body of any shape, for handlers that validate the value themselves: `415` unless it
+/// is declared JSON, `413` beyond `limit`, `400` unless it parses.
+pub async fn read_value(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
+    require_json_content_type(headers)?;
+    let bytes = read_limited(headers, body, limit).await?;
+    serde_json::from_slice(&bytes).map_err(|e| malformed(&e))
+}
+
+fn body_error(error: &axum::Error, limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ApiError::PayloadTooLarge { limit };
+        }
+        source = e.source();
+    }
+    ApiError::BadRequest {
+        code: "incomplete_body",
+        message: "the request body could not be read completely".into(),
+    }
 }
 
 /// `application/json` or any `application/*+json`, with or without parameters.
@@ -228,6 +262,64 @@ mod tests {
         let e = parse::<Outer>(br#""just a string""#).unwrap_err();
         let f = fields(e);
         assert!(f.contains_key("(body)"), "{f:?}");
+    }
+
+    fn headers_with_length(length: Option<usize>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(n) = length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        headers
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_within_their_limit() {
+        async fn read(length: Option<usize>, body: Body) -> Result<Bytes, ApiError> {
+            read_limited(&headers_with_length(length), body, 8).await
+        }
+        assert_eq!(
+            read(Some(8), Body::from("12345678")).await.unwrap(),
+            "12345678"
+        );
+        // Declared too long: refused before a byte is read.
+        let e = read(Some(9), Body::from("x")).await.unwrap_err();
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Undeclared, and longer than it may be once streamed.
+        let chunks = ["12345", "6789"].map(|c| Ok::<_, std::io::Error>(Bytes::from(c)));
+        let e = read(None, Body::from_stream(futures::stream::iter(chunks)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Broken off by the client.
+        let chunks = [
+            Ok(Bytes::from("{")),
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ];
+        let e = read(None, Body::from_stream(futures::stream::iter(chunks)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::BAD_REQUEST, "incomplete_body")
+        );
+    }
+
+    #[tokio::test]
+    async fn any_json_value_is_read_and_anything_else_named() {
+        let mut headers = headers_with_length(None);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let value = read_value(&headers, Body::from(r#"{"a": [1, "b"]}"#), 64).await;
+        assert_eq!(value.unwrap()["a"][1], "b");
+        let e = read_value(&headers, Body::from("{"), 64).await.unwrap_err();
+        assert_eq!(e.code(), "malformed_json");
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let e = read_value(&headers, Body::from("{}"), 64)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 
     #[test]

@@ -14,7 +14,6 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::read_json;
 use super::request::{FieldErrors, Fields};
 use crate::app::AppState;
 use crate::crypto::hashes_equal;
@@ -22,6 +21,7 @@ use crate::domain::{EmailAddress, PhoneNumber, Receipt, ReportStatus};
 use crate::http::ApiError;
 use crate::http::client_ip::Client;
 use crate::http::error::ErrorBody;
+use crate::http::json;
 use crate::incident::views::IncidentView;
 use crate::store::StoredReport;
 
@@ -112,7 +112,7 @@ pub(crate) async fn lookup_report(
     body: Body,
 ) -> Result<Response, ApiError> {
     state.limiters.check_lookup_ip(&client)?;
-    let value = read_json(&headers, body, MAX_LOOKUP_BYTES).await?;
+    let value = json::read_value(&headers, body, MAX_LOOKUP_BYTES).await?;
     let (receipt, contact) = parse_request(&value).map_err(ApiError::Validation)?;
     // Per receipt, whoever asks: guessing the contact of a known receipt is not possible.
     state.limiters.check_lookup_receipt(&receipt)?;

@@ -17,14 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use uuid::Uuid;
 
 pub use batcher::{Batcher, BatcherOptions, CommitError, CommitObserver, Committed};
@@ -38,6 +37,7 @@ use crate::domain::{Channel, EmailAddress, PhoneNumber, Receipt};
 use crate::http::ApiError;
 use crate::http::client_ip::Client;
 use crate::http::error::ErrorBody;
+use crate::http::json;
 use crate::notify::Lang;
 use crate::store::{DynStore, IdempotencyRecord, NewReport, ReportWrite};
 use crate::telemetry::names;
@@ -310,7 +310,7 @@ pub(crate) async fn submit_report(
         .check_report_ip(&client)
         .and_then(|()| state.limiters.check_admission())
         .inspect_err(|_| reject("rate_limited"))?;
-    let value = read_json(&headers, body, MAX_REPORT_BYTES)
+    let value = json::read_value(&headers, body, MAX_REPORT_BYTES)
         .await
         .inspect_err(|_| reject("validation"))?;
     let idempotency = match headers.get("idempotency-key") {
@@ -337,47 +337,4 @@ pub(crate) async fn submit_report(
 
 pub(crate) fn reject(reason: &'static str) {
     metrics::counter!(names::REPORTS_REJECTED, "reason" => reason).increment(1);
-}
-
-/// Read a JSON body: `415` unless it is declared JSON, `413` beyond `limit`, `400` unless it
-/// parses.
-pub async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let mime = content_type.split(';').next().unwrap_or_default().trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
-        return Err(ApiError::UnsupportedMediaType(
-            "send the report as Content-Type: application/json".into(),
-        ));
-    }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let bytes: Bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|e| body_error(&e, limit))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
-        code: "malformed_json",
-        message: format!("the body is not valid JSON: {e}"),
-    })
-}
-
-fn body_error(error: &axum::Error, limit: usize) -> ApiError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return ApiError::PayloadTooLarge { limit };
-        }
-        source = e.source();
-    }
-    ApiError::BadRequest {
-        code: "incomplete_body",
-        message: "the request body could not be read completely".into(),
-    }
 }

@@ -222,7 +222,7 @@ struct DeliveryReport {
 pub(crate) async fn delivery_report(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     let sms = &state.config.notify.sms;
     let presented = headers
@@ -237,18 +237,8 @@ pub(crate) async fn delivery_report(
     if !authentic {
         return Err(ApiError::Unauthorized);
     }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: CALLBACK_BODY_LIMIT,
-            }
-        } else {
-            ApiError::BadRequest {
-                code: "incomplete_body",
-                message: "the request body could not be read completely".into(),
-            }
-        }
-    })?;
+    // Read only once the sender is known; the request layer drains what a refusal leaves.
+    let body = json::read_limited(&headers, body, CALLBACK_BODY_LIMIT).await?;
     let report = parse_report(&headers, &body)?;
     let mut problems = std::collections::BTreeMap::new();
     let id = match report.message_id.as_deref().map(Uuid::try_parse) {

@@ -143,8 +143,6 @@ pub struct StoredReport {
     pub receipt: Receipt,
     pub status: ReportStatus,
     pub incident_id: Option<Uuid>,
-    pub phone_hmac: Option<[u8; 32]>,
-    pub email_hmac: Option<[u8; 32]>,
     pub received_at: Timestamp,
     /// Public history entries, oldest first.
     pub history: Vec<HistoryEntry>,
@@ -168,10 +166,9 @@ pub struct IdempotentReport {
 
 /// Statements both backends run as written.
 pub(super) mod sql {
-    /// The report and its public history in one round trip, so a lookup of an unknown receipt
-    /// costs the same single query as one that exists.
+    /// The report and its public history in one round trip.
     pub const FIND_REPORT: &str = "SELECT r.id, r.receipt, r.status, r.incident_id, \
-         r.phone_hmac, r.email_hmac, r.received_at, e.status AS event_status, \
+         r.received_at, e.status AS event_status, \
          e.at AS event_at, e.note AS event_note \
          FROM reports r LEFT JOIN report_events e ON e.report_id = r.id AND e.public \
          WHERE r.receipt = $1 ORDER BY e.at, e.id";
@@ -304,8 +301,6 @@ pub(super) struct ReportRow {
     receipt: String,
     status: String,
     incident_id: Option<Uuid>,
-    phone_hmac: Option<Vec<u8>>,
-    email_hmac: Option<Vec<u8>>,
     received_at: i64,
     event_status: Option<String>,
     event_at: Option<i64>,
@@ -362,8 +357,6 @@ pub(super) fn report_from_rows(rows: Vec<ReportRow>) -> StoreResult<Option<Store
         receipt: parse_stored(&first.receipt, "reports.receipt")?,
         status: parse_stored(&first.status, "reports.status")?,
         incident_id: first.incident_id,
-        phone_hmac: hash_from_bytes(first.phone_hmac),
-        email_hmac: hash_from_bytes(first.email_hmac),
         received_at: from_millis(first.received_at),
         history,
     }))

@@ -704,6 +704,18 @@ async fn delivery_reports_update_the_message(backend: Backend) {
     assert_eq!(bad.status(), 422);
     let body: serde_json::Value = bad.json().await.unwrap();
     assert!(body["fields"]["message_id"].is_string() && body["fields"]["status"].is_string());
+    // Over the 16 KiB a delivery report may take: 413 for the gateway, 401 for anyone else.
+    let padded =
+        serde_json::json!({"message_id": id, "status": "delivered", "pad": "x".repeat(17_000)});
+    assert_eq!(
+        post(Some(CALLBACK_SECRET), padded.clone())
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+    assert_eq!(post(None, padded).await.unwrap().status(), 401);
+    assert_eq!(h.state_of(id).await.delivery_status, None);
     assert_eq!(
         post(Some(CALLBACK_SECRET), report).await.unwrap().status(),
         204
