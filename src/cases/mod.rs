@@ -86,8 +86,11 @@ fn parse(body: StatusBody) -> Result<Asked, ApiError> {
         description = "`{\"status\": \"in_review|awaiting_reporter|referred|resolved|closed\", \"note\"?: \"shown to the reporter\"}`"),
     responses(
         (status = 200, description = "`{\"receipt\", \"status\", \"previous_status\", \"note\", \"at\", \"notices\"}`"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
         (status = 404, description = "No report has this receipt", body = ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid fields, or the report cannot take this status (`status_refused`)", body = ErrorBody),
     )
 )]

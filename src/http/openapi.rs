@@ -70,3 +70,29 @@ pub fn router() -> Router<AppState> {
         }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    /// Every route that reads a body can answer 400 (broken), 413 (too long) and 415 (not the
+    /// declared type); a client generated from the document must expect them.
+    #[test]
+    fn every_route_with_a_body_lists_the_body_refusals() {
+        let doc: Value = serde_json::from_str(super::document()).unwrap();
+        let mut missing = Vec::new();
+        for (path, operations) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in operations.as_object().unwrap() {
+                if operation.get("requestBody").is_none() {
+                    continue;
+                }
+                for status in ["400", "413", "415"] {
+                    if operation["responses"].get(status).is_none() {
+                        missing.push(format!("{method} {path} {status}"));
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "not documented: {missing:#?}");
+    }
+}

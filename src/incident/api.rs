@@ -234,6 +234,7 @@ pub(crate) struct ModeBody {
         (status = 201, description = "The incident, `state: open`"),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid fields, by JSON path", body = ErrorBody),
     )
@@ -263,8 +264,11 @@ pub(crate) async fn declare(
     request_body(content = Object, content_type = "application/json", description = "`{\"status\": \"investigating|identified|monitoring|resolved\", \"message\": {\"ko\", \"en\"?}}`"),
     responses(
         (status = 201, description = "The update"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
         (status = 404, description = "No such incident", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid fields, or the incident is closed (`incident_closed`)", body = ErrorBody),
     )
 )]
@@ -314,8 +318,11 @@ pub(crate) async fn post_update(
     request_body(content = Object, content_type = "application/json", description = "Optional details: title, provider, services, severity, message"),
     responses(
         (status = 200, description = "The incident"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
         (status = 404, description = "No such incident", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid fields, or not an unconfirmed surge", body = ErrorBody),
     )
 )]
@@ -352,8 +359,11 @@ pub(crate) async fn confirm(
     request_body(content = Object, content_type = "application/json", description = "Optional `{\"message\": {\"ko\", \"en\"?}}`"),
     responses(
         (status = 200, description = "The incident, `state: dismissed`"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
         (status = 404, description = "No such incident", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Not an unconfirmed surge", body = ErrorBody),
     )
 )]
@@ -382,7 +392,10 @@ pub(crate) async fn dismiss(
     request_body(content = Object, content_type = "application/json", description = "`{\"mode\": \"normal|incident|auto\"}`"),
     responses(
         (status = 200, description = "The mode state"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No valid `Authorization: Bearer <admin.token>`", body = ErrorBody),
+        (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Unknown mode", body = ErrorBody),
     )
 )]

@@ -99,8 +99,11 @@ fn parse_request(body: &Value) -> Result<(Receipt, Contact), FieldErrors> {
     responses(
         (status = 200, description = "Status and public history",
             body = super::schema::LookupResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "Unknown receipt or wrong contact (indistinguishable)",
             body = ErrorBody),
+        (status = 413, description = "Body larger than 4 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Malformed receipt or contact", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
     )

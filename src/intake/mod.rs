@@ -289,7 +289,7 @@ pub fn sealed_write(
         (status = 201, description = "Committed; keep the receipt", body = schema::ReportAccepted),
         (status = 400, description = "Malformed JSON or a bad Idempotency-Key", body = ErrorBody),
         (status = 413, description = "Body larger than 64 KiB", body = ErrorBody),
-        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid fields (each named by JSON path), or the \
             Idempotency-Key was used with another body (`idempotency_mismatch`)", body = ErrorBody),
         (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),

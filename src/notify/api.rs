@@ -215,6 +215,7 @@ struct DeliveryReport {
         (status = 204, description = "Stored"),
         (status = 401, description = "Missing or wrong shared secret", body = ErrorBody),
         (status = 404, description = "No such message", body = ErrorBody),
+        (status = 413, description = "Body larger than 16 KiB", body = ErrorBody),
         (status = 415, description = "Neither JSON nor form-encoded", body = ErrorBody),
         (status = 422, description = "A bad `message_id` or `status`", body = ErrorBody),
     )

@@ -132,6 +132,7 @@ pub fn stop_notices_url(base: &str, keys: &Keys, id: Uuid) -> String {
     responses(
         (status = 202, description = "`{\"status\": \"pending\", \"id\"}`"),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Body larger than 4 KiB", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid fields, by JSON path", body = ErrorBody),
         (status = 429, description = "Too many requests from this address, or confirmations to this contact today", body = ErrorBody),
@@ -291,7 +292,10 @@ async fn resolve_target(
     request_body(content = Object, content_type = "application/json", description = "`{\"id\", \"code\"}` or `{\"id\", \"token\"}`"),
     responses(
         (status = 200, description = "`{\"status\": \"confirmed\", \"id\"}`"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 404, description = "No such pending subscription", body = ErrorBody),
+        (status = 413, description = "Body larger than 4 KiB", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid fields or a wrong code (`invalid_code`)", body = ErrorBody),
     )
 )]

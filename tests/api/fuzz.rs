@@ -233,7 +233,7 @@ async fn generated_requests_get_client_answers_and_store_only_what_was_accepted(
     let mut receipts: Vec<(String, String)> = Vec::new();
     // Per idempotency key: the body (as JSON) first accepted with it, and its receipt.
     let mut first_by_key: HashMap<Vec<u8>, (Value, String)> = HashMap::new();
-    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    let mut statuses: HashMap<(&str, u16), usize> = HashMap::new();
     let mut last: Option<Request> = None;
 
     for n in 0..REQUESTS {
@@ -264,7 +264,7 @@ async fn generated_requests_get_client_answers_and_store_only_what_was_accepted(
         let response = response.unwrap_or_else(|e| panic!("transport error {e:?}; {}", context()));
         let status = response.status();
         let text = response.text().await.unwrap();
-        *statuses.entry(status.as_u16()).or_default() += 1;
+        *statuses.entry((request.path, status.as_u16())).or_default() += 1;
         let allowed: &[StatusCode] = if request.path.ends_with("lookup") {
             &[
                 StatusCode::OK,
@@ -354,6 +354,7 @@ async fn generated_requests_get_client_answers_and_store_only_what_was_accepted(
     // The run reached both sides: acceptances and refusals of several kinds.
     assert!(distinct.len() >= 20, "seed {seed}; answers {statuses:?}");
     assert!(statuses.len() >= 5, "seed {seed}; answers {statuses:?}");
+    all_documented(&app, &statuses).await;
     app.stop().await;
 }
 
@@ -442,7 +443,20 @@ async fn generated_subscriptions_get_client_answers(backend: Backend) {
         .copied()
         .unwrap_or(0);
     assert!(accepted >= 10, "seed {seed}; answers {statuses:?}");
+    all_documented(&app, &statuses).await;
     app.stop().await;
+}
+
+/// Every answer a route gave is among the responses the OpenAPI document lists for it.
+async fn all_documented(app: &TestApp, statuses: &HashMap<(&str, u16), usize>) {
+    let doc = app.openapi().await;
+    for &(path, status) in statuses.keys() {
+        let responses = &doc["paths"][path]["post"]["responses"];
+        assert!(
+            responses.get(status.to_string()).is_some(),
+            "POST {path} answered {status}, which its OpenAPI entry does not list"
+        );
+    }
 }
 
 /// Values a person (or a script) might put in a form field.

@@ -206,6 +206,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The OpenAPI document the service serves.
+    pub async fn openapi(&self) -> serde_json::Value {
+        let r = self
+            .client
+            .get(self.url("/api/v1/openapi.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
     /// The Prometheus text from the metrics listener.
     pub async fn metrics_text(&self) -> String {
         let addr = self.metrics_addr.expect("metrics listener");

@@ -1600,15 +1600,7 @@ async fn smtp_over_starttls_and_implicit_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_and_case_routes_are_in_the_openapi_document() {
     let app = TestApp::spawn(Backend::Sqlite).await.unwrap();
-    let doc: serde_json::Value = app
-        .client
-        .get(app.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi().await;
     for (path, method, statuses) in [
         ("/api/v1/outbox/dead", "get", &["200", "401", "422"][..]),
         (
