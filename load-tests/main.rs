@@ -12,6 +12,7 @@
 mod baseline;
 mod ceiling;
 mod client;
+mod cpu;
 mod fanout;
 mod lookup;
 mod lost;
@@ -31,6 +32,7 @@ use hyper::Method;
 use sqlx::Connection as _;
 
 use client::{Pace, Tally, Workload};
+use cpu::{CpuTimes, CpuUse, MachineTicks};
 
 /// The same allocator as the service, so the baseline handler is not handicapped by glibc's and
 /// the generator leaves more of the shared cores to what it measures.
@@ -340,6 +342,8 @@ async fn current_mode(svc: &Running) -> String {
 struct Baseline {
     per_second: f64,
     p99_ms: f64,
+    /// The server's CPU per answer, in microseconds (none if it could not be read).
+    cpu_per_answer_us: Option<f64>,
 }
 
 async fn measure_baseline(common: &Common) -> anyhow::Result<Baseline> {
@@ -357,6 +361,7 @@ async fn measure_baseline(common: &Common) -> anyhow::Result<Baseline> {
         warmup,
     )
     .await?;
+    let watch = CpuWatch::start(&server);
     let tally = client::run(
         server.http,
         &workload,
@@ -365,19 +370,36 @@ async fn measure_baseline(common: &Common) -> anyhow::Result<Baseline> {
         Duration::from_secs(common.duration),
     )
     .await?;
+    let cpu = watch.finish(&server);
     server.stop().await?;
+    let answered = tally.count(201);
     let base = Baseline {
-        per_second: tally.per_second(tally.count(201)),
+        per_second: tally.per_second(answered),
         p99_ms: ms(&tally.ok, 0.99),
+        cpu_per_answer_us: cpu.as_ref().map(|c| c.target.micros_per(answered)),
     };
     println!(
         "## Baseline: axum 0.8 handler parsing the report JSON, answering 201, storing nothing"
     );
-    table(&[
+    let mut lines = vec![
         ("answered 201/s", format!("{:.0}", base.per_second)),
         ("p99 latency", format!("{:.2} ms", base.p99_ms)),
         ("other answers", others(&tally, &[201])),
-    ]);
+    ];
+    if let Some(cpu) = &cpu {
+        lines.extend([
+            (
+                "server CPU per answer",
+                format!("{:.1} µs", cpu.target.micros_per(answered)),
+            ),
+            (
+                "generator CPU per request",
+                format!("{:.1} µs", cpu.generator.micros_per(tally.sent())),
+            ),
+            ("cores during the run", cpu.machine.clone()),
+        ]);
+    }
+    table(&lines);
     Ok(base)
 }
 
@@ -414,6 +436,7 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
     )
     .await?;
     receipts.extend(warm.receipts);
+    let watch = CpuWatch::start(&svc);
     let mut closed = client::run(
         svc.http,
         &workload("closed"),
@@ -422,6 +445,7 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
         duration,
     )
     .await?;
+    let closed_cpu = watch.finish(&svc);
     receipts.append(&mut closed.receipts);
     let rss_closed = svc.stop().await?;
     let sustainable = closed.per_second(closed.count(201));
@@ -499,6 +523,9 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
         ("other answers", others(&closed, &[201, 429, 503])),
         ("transport errors", errors(&closed)),
     ]);
+    if let Some(cpu) = &closed_cpu {
+        table(&cpu.per_report_lines(closed.count(201), closed.sent(), base));
+    }
     println!(
         "### Overload: {offered:.0} reports/s offered open loop ({:.1}x), admission limit \
          {:.0}/s with a burst of {burst}",
@@ -810,6 +837,72 @@ async fn status(args: &StatusArgs) -> anyhow::Result<bool> {
 // ---- output ------------------------------------------------------------------------------
 
 /// A quantile in milliseconds.
+/// CPU readings around one measured phase: the process under test, the generator (this
+/// process) and the whole machine.
+struct CpuWatch {
+    target: Option<CpuTimes>,
+    generator: Option<CpuTimes>,
+    machine: Option<MachineTicks>,
+}
+
+/// What one phase cost in CPU.
+struct PhaseCpu {
+    target: CpuUse,
+    generator: CpuUse,
+    /// How busy the cores were, as [`MachineTicks::since`] words it.
+    machine: String,
+}
+
+impl CpuWatch {
+    fn start(target: &Running) -> Self {
+        Self {
+            target: target.cpu(),
+            generator: CpuTimes::of(std::process::id()),
+            machine: MachineTicks::read(),
+        }
+    }
+
+    /// `None` where `/proc` could not be read (the figures are then left out, not guessed).
+    fn finish(self, target: &Running) -> Option<PhaseCpu> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Some(PhaseCpu {
+            target: target.cpu()?.since(self.target.as_ref()?),
+            generator: CpuTimes::of(std::process::id())?.since(self.generator.as_ref()?),
+            machine: MachineTicks::read()?.since(self.machine.as_ref()?, cores),
+        })
+    }
+}
+
+impl PhaseCpu {
+    /// The service's CPU per accepted report against the baseline server's per answer, by
+    /// thread, and the generator's per request sent.
+    fn per_report_lines(&self, accepted: u64, sent: u64, base: &Baseline) -> Vec<(&str, String)> {
+        let per_report = self.target.micros_per(accepted);
+        let against = base.cpu_per_answer_us.map_or(String::new(), |b| {
+            format!(" = {:.1}x the baseline server's per answer", per_report / b)
+        });
+        vec![
+            (
+                "service CPU per accepted report",
+                format!("{per_report:.1} µs{against}"),
+            ),
+            (
+                "  by thread, µs per report",
+                self.target.breakdown_per(accepted),
+            ),
+            (
+                "  waits of its threads per report",
+                format!("{:.1}", self.target.waits_per(accepted)),
+            ),
+            (
+                "generator CPU per request",
+                format!("{:.1} µs", self.generator.micros_per(sent)),
+            ),
+            ("cores during the run", self.machine.clone()),
+        ]
+    }
+}
+
 fn ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }

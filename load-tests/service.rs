@@ -13,6 +13,7 @@ use hyper::Method;
 use tokio::process::{Child, Command};
 
 use crate::client;
+use crate::cpu::CpuTimes;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(40);
@@ -201,6 +202,11 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The CPU it has used so far; `None` once it is gone.
+    pub fn cpu(&self) -> Option<CpuTimes> {
+        CpuTimes::of(self.pid)
     }
 
     /// The highest resident set size so far, in KiB.
