@@ -524,7 +524,7 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
         ("transport errors", errors(&closed)),
     ]);
     if let Some(cpu) = &closed_cpu {
-        table(&cpu.per_report_lines(closed.count(201), closed.sent(), base));
+        table(&cpu.per_report_lines(closed.count(201), closed.sent(), base, common.postgres));
     }
     println!(
         "### Overload: {offered:.0} reports/s offered open loop ({:.1}x), admission limit \
@@ -875,12 +875,22 @@ impl CpuWatch {
 
 impl PhaseCpu {
     /// The service's CPU per accepted report against the baseline server's per answer, by
-    /// thread, and the generator's per request sent.
-    fn per_report_lines(&self, accepted: u64, sent: u64, base: &Baseline) -> Vec<(&str, String)> {
+    /// thread, and the generator's per request sent. On PostgreSQL the database's own
+    /// processes do part of the store's work, which the service's figure leaves out.
+    fn per_report_lines(
+        &self,
+        accepted: u64,
+        sent: u64,
+        base: &Baseline,
+        postgres: bool,
+    ) -> Vec<(&str, String)> {
         let per_report = self.target.micros_per(accepted);
-        let against = base.cpu_per_answer_us.map_or(String::new(), |b| {
+        let mut against = base.cpu_per_answer_us.map_or(String::new(), |b| {
             format!(" = {:.1}x the baseline server's per answer", per_report / b)
         });
+        if postgres {
+            against.push_str(" (PostgreSQL's own processes not counted)");
+        }
         vec![
             (
                 "service CPU per accepted report",
