@@ -13,12 +13,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::service::{Running, status_field};
+
 /// The unit of the times in `/proc/PID/stat` (`USER_HZ`): 100 on every Linux architecture
 /// this runs on, whatever the kernel's own tick rate.
 const TICKS_PER_SECOND: u64 = 100;
 
 /// CPU a process had used when it was read: in all, and by each live thread.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct CpuTimes {
     /// Every thread's time, including threads that have exited (`/proc/PID/stat`).
     total: Duration,
@@ -26,7 +28,7 @@ pub struct CpuTimes {
     threads: HashMap<u32, ThreadTimes>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct ThreadTimes {
     name: String,
     /// Time on a CPU (`schedstat`, nanoseconds).
@@ -37,7 +39,7 @@ struct ThreadTimes {
 }
 
 /// The CPU a process used between two readings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct CpuUse {
     pub total: Duration,
     /// By thread name, threads of the same name together.
@@ -136,7 +138,7 @@ impl CpuUse {
 }
 
 /// The machine's CPU counters (`/proc/stat`), to tell how busy the cores were during a phase.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct MachineTicks {
     busy: u64,
     steal: u64,
@@ -156,6 +158,82 @@ impl MachineTicks {
         let busy = self.busy.saturating_sub(earlier.busy) as f64 / all * cores as f64;
         let steal = self.steal.saturating_sub(earlier.steal) as f64 / all * 100.0;
         format!("{busy:.2} of {cores} busy, steal {steal:.1}%")
+    }
+}
+
+/// CPU readings around one measured phase: the process under test, the generator (this
+/// process) and the whole machine.
+pub struct CpuWatch {
+    target: Option<CpuTimes>,
+    generator: Option<CpuTimes>,
+    machine: Option<MachineTicks>,
+}
+
+/// What one phase cost in CPU.
+pub struct PhaseCpu {
+    pub target: CpuUse,
+    pub generator: CpuUse,
+    /// How busy the cores were, as [`MachineTicks::since`] words it.
+    pub machine: String,
+}
+
+impl CpuWatch {
+    pub fn start(target: &Running) -> Self {
+        Self {
+            target: target.cpu(),
+            generator: CpuTimes::of(std::process::id()),
+            machine: MachineTicks::read(),
+        }
+    }
+
+    /// `None` where `/proc` could not be read (the figures are then left out, not guessed).
+    pub fn finish(self, target: &Running) -> Option<PhaseCpu> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Some(PhaseCpu {
+            target: target.cpu()?.since(self.target.as_ref()?),
+            generator: CpuTimes::of(std::process::id())?.since(self.generator.as_ref()?),
+            machine: MachineTicks::read()?.since(self.machine.as_ref()?, cores),
+        })
+    }
+}
+
+impl PhaseCpu {
+    /// The service's CPU per accepted report against the baseline server's per answer
+    /// (`baseline_per_answer_us`), by thread, and the generator's per request sent. On PostgreSQL the database's own
+    /// processes do part of the store's work, which the service's figure leaves out.
+    pub fn per_report_lines(
+        &self,
+        accepted: u64,
+        sent: u64,
+        baseline_per_answer_us: Option<f64>,
+        postgres: bool,
+    ) -> Vec<(&'static str, String)> {
+        let per_report = self.target.micros_per(accepted);
+        let mut against = baseline_per_answer_us.map_or(String::new(), |b| {
+            format!(" = {:.1}x the baseline server's per answer", per_report / b)
+        });
+        if postgres {
+            against.push_str(" (PostgreSQL's own processes not counted)");
+        }
+        vec![
+            (
+                "service CPU per accepted report",
+                format!("{per_report:.1} µs{against}"),
+            ),
+            (
+                "  by thread, µs per report",
+                self.target.breakdown_per(accepted),
+            ),
+            (
+                "  waits of its threads per report",
+                format!("{:.1}", self.target.waits_per(accepted)),
+            ),
+            (
+                "generator CPU per request",
+                format!("{:.1} µs", self.generator.micros_per(sent)),
+            ),
+            ("cores during the run", self.machine.clone()),
+        ]
     }
 }
 
@@ -184,14 +262,6 @@ fn schedstat_runtime(sched: &str) -> Option<Duration> {
         .parse()
         .ok()
         .map(Duration::from_nanos)
-}
-
-/// A number field of a `status` file, such as `voluntary_ctxt_switches:`.
-fn status_field(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `cpu  user nice system idle iowait irq softirq steal …`: busy is all but idle, iowait and

@@ -32,7 +32,7 @@ use hyper::Method;
 use sqlx::Connection as _;
 
 use client::{Pace, Tally, Workload};
-use cpu::{CpuTimes, CpuUse, MachineTicks};
+use cpu::CpuWatch;
 
 /// The same allocator as the service, so the baseline handler is not handicapped by glibc's and
 /// the generator leaves more of the shared cores to what it measures.
@@ -386,12 +386,9 @@ async fn measure_baseline(common: &Common) -> anyhow::Result<Baseline> {
         ("p99 latency", format!("{:.2} ms", base.p99_ms)),
         ("other answers", others(&tally, &[201])),
     ];
-    if let Some(cpu) = &cpu {
+    if let (Some(cpu), Some(per_answer)) = (&cpu, base.cpu_per_answer_us) {
         lines.extend([
-            (
-                "server CPU per answer",
-                format!("{:.1} µs", cpu.target.micros_per(answered)),
-            ),
+            ("server CPU per answer", format!("{per_answer:.1} µs")),
             (
                 "generator CPU per request",
                 format!("{:.1} µs", cpu.generator.micros_per(tally.sent())),
@@ -524,7 +521,12 @@ async fn surge(common: &Common, base: &Baseline) -> anyhow::Result<bool> {
         ("transport errors", errors(&closed)),
     ]);
     if let Some(cpu) = &closed_cpu {
-        table(&cpu.per_report_lines(closed.count(201), closed.sent(), base, common.postgres));
+        table(&cpu.per_report_lines(
+            closed.count(201),
+            closed.sent(),
+            base.cpu_per_answer_us,
+            common.postgres,
+        ));
     }
     println!(
         "### Overload: {offered:.0} reports/s offered open loop ({:.1}x), admission limit \
@@ -837,82 +839,6 @@ async fn status(args: &StatusArgs) -> anyhow::Result<bool> {
 // ---- output ------------------------------------------------------------------------------
 
 /// A quantile in milliseconds.
-/// CPU readings around one measured phase: the process under test, the generator (this
-/// process) and the whole machine.
-struct CpuWatch {
-    target: Option<CpuTimes>,
-    generator: Option<CpuTimes>,
-    machine: Option<MachineTicks>,
-}
-
-/// What one phase cost in CPU.
-struct PhaseCpu {
-    target: CpuUse,
-    generator: CpuUse,
-    /// How busy the cores were, as [`MachineTicks::since`] words it.
-    machine: String,
-}
-
-impl CpuWatch {
-    fn start(target: &Running) -> Self {
-        Self {
-            target: target.cpu(),
-            generator: CpuTimes::of(std::process::id()),
-            machine: MachineTicks::read(),
-        }
-    }
-
-    /// `None` where `/proc` could not be read (the figures are then left out, not guessed).
-    fn finish(self, target: &Running) -> Option<PhaseCpu> {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Some(PhaseCpu {
-            target: target.cpu()?.since(self.target.as_ref()?),
-            generator: CpuTimes::of(std::process::id())?.since(self.generator.as_ref()?),
-            machine: MachineTicks::read()?.since(self.machine.as_ref()?, cores),
-        })
-    }
-}
-
-impl PhaseCpu {
-    /// The service's CPU per accepted report against the baseline server's per answer, by
-    /// thread, and the generator's per request sent. On PostgreSQL the database's own
-    /// processes do part of the store's work, which the service's figure leaves out.
-    fn per_report_lines(
-        &self,
-        accepted: u64,
-        sent: u64,
-        base: &Baseline,
-        postgres: bool,
-    ) -> Vec<(&str, String)> {
-        let per_report = self.target.micros_per(accepted);
-        let mut against = base.cpu_per_answer_us.map_or(String::new(), |b| {
-            format!(" = {:.1}x the baseline server's per answer", per_report / b)
-        });
-        if postgres {
-            against.push_str(" (PostgreSQL's own processes not counted)");
-        }
-        vec![
-            (
-                "service CPU per accepted report",
-                format!("{per_report:.1} µs{against}"),
-            ),
-            (
-                "  by thread, µs per report",
-                self.target.breakdown_per(accepted),
-            ),
-            (
-                "  waits of its threads per report",
-                format!("{:.1}", self.target.waits_per(accepted)),
-            ),
-            (
-                "generator CPU per request",
-                format!("{:.1} µs", self.generator.micros_per(sent)),
-            ),
-            ("cores during the run", self.machine.clone()),
-        ]
-    }
-}
-
 fn ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }

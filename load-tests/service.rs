@@ -173,10 +173,16 @@ async fn spawn(
 /// A `kB` field of `/proc/PID/status`.
 fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field(&status, field)
+}
+
+/// The number of a `status` file's field, such as `VmHWM:` (`1234 kB`) or
+/// `voluntary_ctxt_switches:` (`56`).
+pub fn status_field(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
 impl Running {
